@@ -1,0 +1,243 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"strings"
+
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/spf13/viper"
+
+	"github.com/vega-gateway/vega-gateway/admin"
+	"github.com/vega-gateway/vega-gateway/gateway"
+	"github.com/vega-gateway/vega-gateway/pool"
+)
+
+// envPrefix: every key can be set as VEGA_ + the upper-cased key path with
+// "_" for ".", e.g. pool.max_connections → VEGA_POOL_MAX_CONNECTIONS.
+const envPrefix = "VEGA"
+
+// upstreamSection is config key upstream.*: where the upstream is, plus
+// the model /chat uses by default.
+type upstreamSection struct {
+	pool.UpstreamConfig `mapstructure:",squash"`
+	// DefaultModel is used by /chat when the request names none.
+	DefaultModel string `mapstructure:"default_model"`
+}
+
+// logConfig is config key log.*.
+type logConfig struct {
+	// Level is one of trace, debug, info, warn, error. Default info.
+	Level string `mapstructure:"level"`
+	// Dir receives gateway.log; empty means stdout only. Default "logs".
+	Dir string `mapstructure:"dir"`
+	// MaxSizeMB rotates gateway.log at this size. Default 100.
+	MaxSizeMB int `mapstructure:"max_size_mb"`
+	// MaxBackups is how many rotated files are kept. Default 5.
+	MaxBackups int `mapstructure:"max_backups"`
+	// BufferLines is the log queue; lines beyond it are dropped (and
+	// counted) rather than blocking a request on a slow disk. Default 10000.
+	BufferLines int `mapstructure:"buffer_lines"`
+}
+
+// config is the whole file, one section per package.
+type config struct {
+	Gateway  gateway.Config     `mapstructure:"gateway"`
+	Admin    admin.Config       `mapstructure:"admin"`
+	Upstream upstreamSection    `mapstructure:"upstream"`
+	Pool     pool.Config        `mapstructure:"pool"`
+	Auth     gateway.AuthConfig `mapstructure:"auth"`
+	Chat     gateway.ChatConfig `mapstructure:"chat"`
+	Log      logConfig          `mapstructure:"log"`
+}
+
+// defaults lists every key with its default. Each default comes from the
+// package that owns the key. Feeding them all to viper is also what lets
+// environment variables reach Unmarshal (viper only looks up env vars for
+// keys it knows).
+func defaults() map[string]any {
+	return map[string]any{
+		"gateway.listen":              gateway.DefaultListen,
+		"gateway.read_timeout":        gateway.DefaultReadTimeout,
+		"gateway.keepalive_timeout":   gateway.DefaultKeepAliveTimeout,
+		"gateway.write_idle_timeout":  gateway.DefaultWriteIdleTimeout,
+		"gateway.drain_timeout":       gateway.DefaultDrainTimeout,
+		"gateway.max_header_bytes":    gateway.DefaultMaxHeaderBytes,
+		"gateway.max_body_bytes":      gateway.DefaultMaxBodyBytes,
+		"gateway.max_frame_bytes":     gateway.DefaultMaxFrameBytes,
+		"admin.listen":                admin.DefaultListen,
+		"upstream.url":                pool.DefaultURL,
+		"upstream.default_model":      gateway.DefaultDefaultModel,
+		"upstream.connect_timeout":    pool.DefaultConnectTimeout,
+		"upstream.first_byte_timeout": pool.DefaultFirstByteTimeout,
+		"upstream.idle_timeout":       pool.DefaultIdleTimeout,
+		"upstream.max_response_bytes": pool.DefaultMaxResponseBytes,
+		"upstream.health_interval":    pool.DefaultHealthInterval,
+		"upstream.health_timeout":     pool.DefaultHealthTimeout,
+		"upstream.unhealthy_after":    pool.DefaultUnhealthyAfter,
+		"upstream.healthy_after":      pool.DefaultHealthyAfter,
+		"pool.max_connections":        pool.DefaultMaxConnections,
+		"pool.max_queue":              pool.DefaultMaxQueue,
+		"pool.max_wait":               pool.DefaultMaxWait,
+		"pool.max_idle_conn_duration": pool.DefaultMaxIdleConnDuration,
+		"auth.api_keys":               []string{},
+		"auth.admin_api_keys":         []string{},
+		"chat.max_history_messages":   gateway.DefaultMaxHistoryMessages,
+		"chat.max_body_bytes":         gateway.DefaultMaxChatBodyBytes,
+		"chat.max_prompt_bytes":       gateway.DefaultMaxPromptBytes,
+		"log.level":                   "info",
+		"log.dir":                     "logs",
+		"log.max_size_mb":             100,
+		"log.max_backups":             5,
+		"log.buffer_lines":            10000,
+	}
+}
+
+// loadConfig reads built-in defaults, then the YAML file (path, else
+// ./config.yaml if present), then VEGA_* environment variables, then
+// overrides (from flags). Unknown keys, wrong types and bad values are
+// errors naming the key; the error never contains a key's secret value.
+func loadConfig(path string, overrides map[string]any, environ []string) (config, error) {
+	v := viper.New()
+	for k, d := range defaults() {
+		v.SetDefault(k, d)
+	}
+	v.SetConfigType("yaml")
+	if path == "" {
+		if _, err := os.Stat("config.yaml"); err == nil {
+			path = "config.yaml"
+		}
+	}
+	if path != "" {
+		st, err := os.Stat(path)
+		if err != nil {
+			return config{}, fmt.Errorf("config file %s: %w", path, err)
+		}
+		if st.IsDir() {
+			return config{}, fmt.Errorf("config file %s: is a directory", path)
+		}
+		v.SetConfigFile(path)
+		if err := v.ReadInConfig(); err != nil {
+			return config{}, fmt.Errorf("config file %s: %w", path, err)
+		}
+		if err := checkKnownKeys(v.AllKeys()); err != nil {
+			return config{}, fmt.Errorf("config file %s: %w", path, err)
+		}
+	}
+	// Environment: set explicitly from VEGA_* so that an unknown VEGA_ name
+	// is reported instead of silently ignored.
+	known := defaults()
+	for _, kv := range environ {
+		name, val, ok := strings.Cut(kv, "=")
+		if !ok || !strings.HasPrefix(name, envPrefix+"_") {
+			continue
+		}
+		key := envKey(name, known)
+		if key == "" {
+			continue // VEGA_* variables of other tools are not ours to judge
+		}
+		v.Set(key, val)
+	}
+	for k, val := range overrides {
+		v.Set(k, val)
+	}
+	var c config
+	err := v.UnmarshalExact(&c, viper.DecodeHook(mapstructure.ComposeDecodeHookFunc(
+		mapstructure.StringToTimeDurationHookFunc(),
+		stringToKeyList(),
+	)))
+	if err != nil {
+		return config{}, redact(err)
+	}
+	if err := c.validate(); err != nil {
+		return config{}, err
+	}
+	return c, nil
+}
+
+// envKey maps VEGA_POOL_MAX_CONNECTIONS to pool.max_connections.
+func envKey(name string, known map[string]any) string {
+	for k := range known {
+		if envPrefix+"_"+strings.ToUpper(strings.ReplaceAll(k, ".", "_")) == name {
+			return k
+		}
+	}
+	return ""
+}
+
+func checkKnownKeys(keys []string) error {
+	known := defaults()
+	for _, k := range keys {
+		if _, ok := known[k]; !ok {
+			return fmt.Errorf("unknown key %q", k)
+		}
+	}
+	return nil
+}
+
+// stringToKeyList turns "a,b" (an environment variable) into a list.
+func stringToKeyList() mapstructure.DecodeHookFuncType {
+	return func(from, to reflect.Type, data any) (any, error) {
+		if from.Kind() != reflect.String || to != reflect.TypeFor[[]string]() {
+			return data, nil
+		}
+		var out []string
+		for part := range strings.SplitSeq(data.(string), ",") {
+			if part = strings.TrimSpace(part); part != "" {
+				out = append(out, part)
+			}
+		}
+		return out, nil
+	}
+}
+
+// redact drops values from decode errors: a mistyped key list must not
+// print the keys.
+func redact(err error) error {
+	msg := err.Error()
+	if strings.Contains(msg, "auth.") {
+		return errors.New("config: auth.api_keys / auth.admin_api_keys must be lists of strings")
+	}
+	return fmt.Errorf("config: %w", err)
+}
+
+func (c config) validate() error {
+	switch c.Log.Level {
+	case "trace", "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("log.level: must be one of trace, debug, info, warn, error; got %q", c.Log.Level)
+	}
+	if c.Log.MaxSizeMB <= 0 || c.Log.MaxBackups < 0 || c.Log.BufferLines <= 0 {
+		return errors.New("log.max_size_mb, log.buffer_lines must be positive and log.max_backups not negative")
+	}
+	if strings.TrimSpace(c.Upstream.DefaultModel) == "" {
+		return errors.New("upstream.default_model: must not be empty")
+	}
+	for name, keys := range map[string][]string{"auth.api_keys": c.Auth.APIKeys, "auth.admin_api_keys": c.Auth.AdminAPIKeys} {
+		seen := map[string]bool{}
+		for i, k := range keys {
+			if strings.TrimSpace(k) == "" {
+				return fmt.Errorf("%s: entry #%d is empty", name, i+1)
+			}
+			if seen[k] {
+				return fmt.Errorf("%s: entry #%d repeats an earlier key", name, i+1)
+			}
+			seen[k] = true
+		}
+	}
+	if !admin.IsLoopback(c.Admin.Listen) && len(c.Auth.AdminAPIKeys) == 0 && len(c.Auth.APIKeys) == 0 {
+		return fmt.Errorf("admin.listen: %q is not loopback; set auth.admin_api_keys (or auth.api_keys) so the admin routes are not open to the network", c.Admin.Listen)
+	}
+	if c.Admin.Listen == c.Gateway.Listen {
+		return fmt.Errorf("admin.listen: must differ from gateway.listen (%q)", c.Gateway.Listen)
+	}
+	if c.Pool.MaxConnections <= 0 {
+		return fmt.Errorf("pool.max_connections: must be positive, got %d", c.Pool.MaxConnections)
+	}
+	if c.Pool.MaxWait <= 0 {
+		return fmt.Errorf("pool.max_wait: must be positive, got %s", c.Pool.MaxWait)
+	}
+	return nil
+}

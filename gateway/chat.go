@@ -1,0 +1,303 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/valyala/fasthttp"
+
+	"github.com/vega-gateway/vega-gateway/trace"
+)
+
+// chatUpstreamPath is the Ollama route /chat becomes.
+const chatUpstreamPath = "/api/chat"
+
+// ollamaMessage is one message of an Ollama chat.
+type ollamaMessage struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+}
+
+// ollamaChatRequest is the body /chat sends to Ollama's /api/chat.
+type ollamaChatRequest struct {
+	Model    string          `json:"model"`
+	Messages []ollamaMessage `json:"messages"`
+	Stream   bool            `json:"stream"`
+	Options  json.RawMessage `json:"options,omitempty"`
+}
+
+// ollamaChunk is an Ollama /api/chat chunk or reply; the final one carries
+// done, done_reason and the metrics (durations in nanoseconds).
+type ollamaChunk struct {
+	Model              string        `json:"model"`
+	Message            ollamaMessage `json:"message"`
+	Done               bool          `json:"done"`
+	DoneReason         string        `json:"done_reason"`
+	TotalDuration      int64         `json:"total_duration"`
+	LoadDuration       int64         `json:"load_duration"`
+	PromptEvalCount    int64         `json:"prompt_eval_count"`
+	PromptEvalDuration int64         `json:"prompt_eval_duration"`
+	EvalCount          int64         `json:"eval_count"`
+	EvalDuration       int64         `json:"eval_duration"`
+	Error              string        `json:"error"`
+}
+
+// ChatUsage is the token count of a /chat reply.
+type ChatUsage struct {
+	PromptTokens     int64 `json:"prompt_tokens"`
+	CompletionTokens int64 `json:"completion_tokens"`
+}
+
+// ChatTimings are Ollama's metrics of a /chat reply, in milliseconds.
+type ChatTimings struct {
+	TotalMS         float64 `json:"total_ms"`
+	LoadMS          float64 `json:"load_ms"`
+	PromptEvalMS    float64 `json:"prompt_eval_ms"`
+	EvalMS          float64 `json:"eval_ms"`
+	TokensPerSecond float64 `json:"tokens_per_second"`
+}
+
+// ChatResponse is the non-streaming /chat reply.
+type ChatResponse struct {
+	Response      string      `json:"response"`
+	Model         string      `json:"model"`
+	DoneReason    string      `json:"done_reason"`
+	CorrelationID string      `json:"correlation_id"`
+	Usage         ChatUsage   `json:"usage"`
+	Timings       ChatTimings `json:"timings"`
+}
+
+// chatDelta is one streamed /chat line.
+type chatDelta struct {
+	Delta string `json:"delta"`
+}
+
+// chatDone is the last streamed /chat line.
+type chatDone struct {
+	Done          bool        `json:"done"`
+	DoneReason    string      `json:"done_reason"`
+	Usage         ChatUsage   `json:"usage"`
+	Timings       ChatTimings `json:"timings"`
+	CorrelationID string      `json:"correlation_id"`
+}
+
+func nsToMS(ns int64) float64 { return float64(ns) / 1e6 }
+
+func (c *ollamaChunk) usage() ChatUsage {
+	return ChatUsage{PromptTokens: c.PromptEvalCount, CompletionTokens: c.EvalCount}
+}
+
+func (c *ollamaChunk) timings() ChatTimings {
+	t := ChatTimings{
+		TotalMS: nsToMS(c.TotalDuration), LoadMS: nsToMS(c.LoadDuration),
+		PromptEvalMS: nsToMS(c.PromptEvalDuration), EvalMS: nsToMS(c.EvalDuration),
+	}
+	if c.EvalDuration > 0 {
+		t.TokensPerSecond = float64(c.EvalCount) / float64(c.EvalDuration) * 1e9
+	}
+	return t
+}
+
+var doneTrue = []byte(`"done":true`)
+
+// readFinalChunk records the final chunk's telemetry on the exchange.
+func readFinalChunk(x *exchange, frame []byte) {
+	var c ollamaChunk
+	if json.Unmarshal(frame, &c) != nil || !c.Done {
+		return
+	}
+	x.doneReason = c.DoneReason
+	x.promptTokens, x.completionTokens = c.PromptEvalCount, c.EvalCount
+	if c.Model != "" && x.model == "" {
+		x.model = c.Model
+	}
+}
+
+// serveChat handles POST /chat. It reports whether a stream owns the exchange.
+func (g *Gateway) serveChat(ctx *fasthttp.RequestCtx, x *exchange) bool {
+	if !ctx.IsPost() {
+		g.reject(ctx, x, apiError{405, "method_not_allowed", "use POST", outcomeClientError, ""})
+		ctx.Response.Header.Set("Allow", "POST")
+		return false
+	}
+	if e, bad := checkChatMedia(&ctx.Request.Header); bad {
+		g.reject(ctx, x, e)
+		return false
+	}
+	body := ctx.Request.Body()
+	if len(body) > g.chat.MaxBodyBytes {
+		g.reject(ctx, x, apiError{413, "body_too_large", "request body too large", outcomeClientError, ""})
+		return false
+	}
+	cr, e, ok := parseChatRequest(body, g.chat.MaxPromptBytes)
+	if !ok {
+		g.reject(ctx, x, e)
+		return false
+	}
+	up := g.chatUpstreamBody(cr)
+	x.model = up.Model
+	upBody, err := json.Marshal(up)
+	if err != nil {
+		panic(err) // strings, a bool and validated raw JSON: cannot fail
+	}
+
+	release, waited, err := g.pool.Acquire(g.closing)
+	x.queueWait = waited
+	if err != nil {
+		g.reject(ctx, x, upstreamError(err))
+		return false
+	}
+	req := fasthttp.AcquireRequest()
+	req.Header.SetMethod(fasthttp.MethodPost)
+	req.SetRequestURI(chatUpstreamPath)
+	req.Header.SetContentType("application/json")
+	req.Header.Set(trace.HeaderCorrelationID, x.id)
+	req.Header.Set(trace.HeaderTraceparent, x.trace.Traceparent())
+	if cr.Stream {
+		req.Header.Set("Accept", "application/x-ndjson")
+	}
+	req.SetBodyRaw(upBody)
+	resp := fasthttp.AcquireResponse()
+	if g.log.GetLevel() <= zerolog.DebugLevel {
+		g.log.Debug().Str("correlation_id", x.id).Str("upstream", g.pool.URL()).Str("model", x.model).Msg("upstream call started")
+	}
+	upStart := time.Now()
+	x.retries, err = g.pool.Do(req, resp)
+	fasthttp.ReleaseRequest(req)
+	x.ttfb = time.Since(upStart)
+	if err != nil {
+		fasthttp.ReleaseResponse(resp)
+		release()
+		g.upstreamFailed(ctx, x, err)
+		return false
+	}
+	x.upstreamStatus = resp.StatusCode()
+	if resp.StatusCode() != fasthttp.StatusOK {
+		g.chatUpstreamStatus(ctx, x, resp)
+		fasthttp.ReleaseResponse(resp)
+		release()
+		return false
+	}
+	if cr.Stream && frameKindOf(resp.Header.ContentType()) == frameNDJSON {
+		ctx.Response.Header.Set(trace.HeaderCorrelationID, x.id)
+		ctx.SetContentType("application/x-ndjson")
+		ctx.Response.Header.Set("Cache-Control", "no-cache")
+		ctx.Response.Header.Set("X-Accel-Buffering", "no")
+		ctx.Response.ImmediateHeaderFlush = true
+		x.status = fasthttp.StatusOK
+		x.streamed = true
+		ctx.Response.SetBodyStream(g.newStream(ctx, x, resp, release, false, translateChat), -1)
+		return true
+	}
+	g.chatReply(ctx, x, resp)
+	_ = resp.CloseBodyStream()
+	fasthttp.ReleaseResponse(resp)
+	release()
+	return false
+}
+
+// chatReply reads a non-streamed Ollama reply and answers /chat with it.
+func (g *Gateway) chatReply(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Response) {
+	var buf bytes.Buffer
+	n, err := io.Copy(&buf, io.LimitReader(resp.BodyStream(), int64(g.pool.MaxResponseBytes())+1))
+	if err == nil && n > int64(g.pool.MaxResponseBytes()) {
+		err = errors.New("reply over upstream.max_response_bytes")
+	}
+	if err != nil {
+		g.pool.NoteError()
+		g.upstreamFailed(ctx, x, classifyBody(err))
+		return
+	}
+	var c ollamaChunk
+	if err := json.Unmarshal(buf.Bytes(), &c); err != nil || !c.Done {
+		g.pool.NoteError()
+		g.reject(ctx, x, apiError{502, "upstream_protocol_error", "the upstream sent a malformed reply", outcomeUpstreamProtocol, ""})
+		return
+	}
+	x.doneReason, x.promptTokens, x.completionTokens = c.DoneReason, c.PromptEvalCount, c.EvalCount
+	out, _ := json.Marshal(ChatResponse{
+		Response: c.Message.Content, Model: c.Model, DoneReason: c.DoneReason, CorrelationID: x.id,
+		Usage: c.usage(), Timings: c.timings(),
+	})
+	ctx.SetStatusCode(fasthttp.StatusOK)
+	ctx.SetContentType(contentTypeJSON)
+	ctx.SetBody(out)
+	x.status = fasthttp.StatusOK
+}
+
+// chatUpstreamStatus maps an Ollama error status on /chat to the gateway's
+// table, keeping Ollama's message.
+func (g *Gateway) chatUpstreamStatus(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Response) {
+	var buf bytes.Buffer
+	_, _ = io.Copy(&buf, io.LimitReader(resp.BodyStream(), 64<<10))
+	_ = resp.CloseBodyStream()
+	var oe struct {
+		Error string `json:"error"`
+	}
+	_ = json.Unmarshal(buf.Bytes(), &oe)
+	msg := oe.Error
+	if msg == "" {
+		msg = "the upstream answered " + fasthttp.StatusMessage(resp.StatusCode())
+	}
+	st := resp.StatusCode()
+	var e apiError
+	switch {
+	case st == 503 || st == 429:
+		e = apiError{503, "upstream_busy", msg, outcomeUpstreamHTTPError, retryAfterSeconds}
+	case st >= 500:
+		e = apiError{502, "upstream_error", msg, outcomeUpstreamHTTPError, ""}
+	case st == 404:
+		e = apiError{404, "model_not_found", msg, outcomeUpstreamHTTPError, ""}
+	default:
+		e = apiError{st, "upstream_rejected", msg, outcomeUpstreamHTTPError, ""}
+	}
+	g.pool.NoteError()
+	g.reject(ctx, x, e)
+}
+
+// translateChat turns an Ollama /api/chat chunk into a /chat line.
+func translateChat(s *stream, frame []byte) ([]byte, bool, error) {
+	var c ollamaChunk
+	if err := json.Unmarshal(frame, &c); err != nil {
+		return nil, false, errors.Join(errUpstreamProtocol, err)
+	}
+	if c.Error != "" {
+		s.x.outcome = outcomeUpstreamStreamError
+		b, _ := json.Marshal(nativeErrorBody{Error: c.Error, Code: "upstream_stream_error", CorrelationID: s.x.id})
+		s.ended = true
+		return append(b, '\n'), false, nil
+	}
+	if c.Done {
+		b, _ := json.Marshal(chatDone{Done: true, DoneReason: c.DoneReason, Usage: c.usage(), Timings: c.timings(), CorrelationID: s.x.id})
+		return append(b, '\n'), true, nil
+	}
+	b, _ := json.Marshal(chatDelta{Delta: c.Message.Content})
+	return append(b, '\n'), false, nil
+}
+
+// errUpstreamProtocol marks an upstream frame that is not what Ollama sends.
+var errUpstreamProtocol = errors.New("gateway: malformed upstream frame")
+
+// chatUpstreamBody builds the Ollama request: system, then history (the
+// newest MaxHistoryMessages), then the prompt as the last user message.
+func (g *Gateway) chatUpstreamBody(cr chatRequest) ollamaChatRequest {
+	model := cr.Model
+	if model == "" {
+		model = g.cfg.DefaultModel
+	}
+	hist := cr.History
+	if len(hist) > g.chat.MaxHistoryMessages {
+		hist = hist[len(hist)-g.chat.MaxHistoryMessages:]
+	}
+	msgs := make([]ollamaMessage, 0, len(hist)+2)
+	if cr.System != "" {
+		msgs = append(msgs, ollamaMessage{Role: "system", Content: cr.System})
+	}
+	msgs = append(msgs, hist...)
+	msgs = append(msgs, ollamaMessage{Role: "user", Content: cr.Prompt})
+	return ollamaChatRequest{Model: model, Messages: msgs, Stream: cr.Stream, Options: cr.Options}
+}

@@ -1,0 +1,149 @@
+package gateway
+
+import (
+	"fmt"
+	"time"
+)
+
+// Defaults, applied where a Config field is zero.
+const (
+	DefaultListen             = ":8000"
+	DefaultDefaultModel       = "llama3.2"
+	DefaultReadTimeout        = 30 * time.Second
+	DefaultKeepAliveTimeout   = 60 * time.Second
+	DefaultWriteIdleTimeout   = 30 * time.Second
+	DefaultDrainTimeout       = 30 * time.Second
+	DefaultMaxHeaderBytes     = 16 << 10
+	DefaultMaxBodyBytes       = 16 << 20
+	DefaultMaxFrameBytes      = 8 << 20
+	DefaultMaxChatBodyBytes   = 1 << 20
+	DefaultMaxPromptBytes     = 256 << 10
+	DefaultMaxHistoryMessages = 20
+)
+
+// Config is the data listener's configuration (config keys gateway.*).
+type Config struct {
+	// Listen is the data listener's address. Default DefaultListen.
+	Listen string `mapstructure:"listen"`
+	// ReadTimeout bounds reading one whole request, headers and body (the
+	// slow-loris clock). Default DefaultReadTimeout.
+	ReadTimeout time.Duration `mapstructure:"read_timeout"`
+	// KeepAliveTimeout closes a client connection idle this long between
+	// requests. Default DefaultKeepAliveTimeout.
+	KeepAliveTimeout time.Duration `mapstructure:"keepalive_timeout"`
+	// WriteIdleTimeout closes a streaming response whose client has not
+	// taken a frame for this long. Default DefaultWriteIdleTimeout.
+	WriteIdleTimeout time.Duration `mapstructure:"write_idle_timeout"`
+	// DrainTimeout is how long in-flight streams may run on after SIGTERM.
+	// Default DefaultDrainTimeout.
+	DrainTimeout time.Duration `mapstructure:"drain_timeout"`
+	// MaxHeaderBytes caps the request line plus headers (431 above it).
+	// Default DefaultMaxHeaderBytes.
+	MaxHeaderBytes int `mapstructure:"max_header_bytes"`
+	// MaxBodyBytes caps a pass-through request body (413 above it).
+	// Default DefaultMaxBodyBytes.
+	MaxBodyBytes int `mapstructure:"max_body_bytes"`
+	// MaxFrameBytes caps one NDJSON line or SSE event from the upstream
+	// (Ollama's Go client caps a line at 8 MiB). Default DefaultMaxFrameBytes.
+	MaxFrameBytes int `mapstructure:"max_frame_bytes"`
+	// DefaultModel is the model /chat uses when a request names none
+	// (config key upstream.default_model). Default DefaultDefaultModel.
+	DefaultModel string `mapstructure:"-"`
+}
+
+// ChatConfig shapes Vega's own POST /chat (config keys chat.*).
+type ChatConfig struct {
+	// MaxHistoryMessages keeps the newest N history messages; older ones
+	// are dropped first. Default DefaultMaxHistoryMessages; negative keeps none.
+	MaxHistoryMessages int `mapstructure:"max_history_messages"`
+	// MaxBodyBytes caps a /chat request body (413). Default DefaultMaxChatBodyBytes.
+	MaxBodyBytes int `mapstructure:"max_body_bytes"`
+	// MaxPromptBytes caps the prompt field (400 prompt_too_long).
+	// Default DefaultMaxPromptBytes.
+	MaxPromptBytes int `mapstructure:"max_prompt_bytes"`
+}
+
+// AuthConfig lists the keys the gateway accepts (config keys auth.*).
+type AuthConfig struct {
+	// APIKeys are accepted on every route but /healthz, as X-API-Key or
+	// Authorization: Bearer. Empty means the gateway is open.
+	APIKeys []string `mapstructure:"api_keys"`
+	// AdminAPIKeys guard the admin listener; empty falls back to APIKeys.
+	AdminAPIKeys []string `mapstructure:"admin_api_keys"`
+}
+
+func (c Config) withDefaults() Config {
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.ReadTimeout == 0 {
+		c.ReadTimeout = DefaultReadTimeout
+	}
+	if c.KeepAliveTimeout == 0 {
+		c.KeepAliveTimeout = DefaultKeepAliveTimeout
+	}
+	if c.WriteIdleTimeout == 0 {
+		c.WriteIdleTimeout = DefaultWriteIdleTimeout
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = DefaultDrainTimeout
+	}
+	if c.MaxHeaderBytes == 0 {
+		c.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if c.MaxFrameBytes == 0 {
+		c.MaxFrameBytes = DefaultMaxFrameBytes
+	}
+	if c.DefaultModel == "" {
+		c.DefaultModel = DefaultDefaultModel
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	for name, d := range map[string]time.Duration{
+		"read_timeout": c.ReadTimeout, "keepalive_timeout": c.KeepAliveTimeout,
+		"write_idle_timeout": c.WriteIdleTimeout, "drain_timeout": c.DrainTimeout,
+	} {
+		if d < 0 {
+			return fmt.Errorf("gateway.%s: must not be negative, got %s", name, d)
+		}
+	}
+	for name, n := range map[string]int{
+		"max_header_bytes": c.MaxHeaderBytes, "max_body_bytes": c.MaxBodyBytes, "max_frame_bytes": c.MaxFrameBytes,
+	} {
+		if n < 0 {
+			return fmt.Errorf("gateway.%s: must not be negative, got %d", name, n)
+		}
+	}
+	if c.MaxHeaderBytes < 1024 {
+		return fmt.Errorf("gateway.max_header_bytes: must be at least 1024, got %d", c.MaxHeaderBytes)
+	}
+	return nil
+}
+
+func (c ChatConfig) withDefaults() ChatConfig {
+	if c.MaxHistoryMessages == 0 {
+		c.MaxHistoryMessages = DefaultMaxHistoryMessages
+	}
+	if c.MaxHistoryMessages < 0 {
+		c.MaxHistoryMessages = 0
+	}
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = DefaultMaxChatBodyBytes
+	}
+	if c.MaxPromptBytes == 0 {
+		c.MaxPromptBytes = DefaultMaxPromptBytes
+	}
+	return c
+}
+
+func (c ChatConfig) validate() error {
+	if c.MaxBodyBytes < 0 || c.MaxPromptBytes < 0 {
+		return fmt.Errorf("chat.max_body_bytes, chat.max_prompt_bytes: must not be negative")
+	}
+	return nil
+}

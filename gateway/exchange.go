@@ -1,0 +1,150 @@
+package gateway
+
+import (
+	"net"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/valyala/fasthttp"
+
+	"github.com/vega-gateway/vega-gateway/trace"
+)
+
+// exchange is one client request's bookkeeping, from arrival to the access
+// log line. It outlives the handler when the response is a stream (the
+// stream's close writes the log line), so it holds copies, never views into
+// the RequestCtx. Exchanges are pooled.
+type exchange struct {
+	g       *Gateway
+	id      string
+	trace   trace.Context
+	start   time.Time
+	route   route
+	method  string
+	path    []byte
+	remote  net.IP
+	model   string
+	keyName string
+
+	status         int
+	upstreamStatus int
+	outcome        string
+	bytesIn        int
+	bytesOut       int64
+	frames         int
+	retries        int
+	queueWait      time.Duration
+	ttfb           time.Duration // upstream response headers
+	ttft           time.Duration // first stream frame sent
+	streamed       bool
+	// telemetry from the final chunk of an Ollama stream or reply
+	promptTokens, completionTokens int64
+	doneReason                     string
+}
+
+var exchangePool = sync.Pool{New: func() any { return new(exchange) }}
+
+// methodString returns a constant string for common methods, so the log
+// line does not allocate for them.
+func methodString(m []byte) string {
+	switch string(m) {
+	case fasthttp.MethodGet:
+		return fasthttp.MethodGet
+	case fasthttp.MethodPost:
+		return fasthttp.MethodPost
+	case fasthttp.MethodHead:
+		return fasthttp.MethodHead
+	case fasthttp.MethodDelete:
+		return fasthttp.MethodDelete
+	case fasthttp.MethodPut:
+		return fasthttp.MethodPut
+	case fasthttp.MethodOptions:
+		return fasthttp.MethodOptions
+	}
+	return "OTHER"
+}
+
+func (g *Gateway) newExchange(ctx *fasthttp.RequestCtx) *exchange {
+	x := exchangePool.Get().(*exchange)
+	path := x.path[:0]
+	*x = exchange{g: g, start: time.Now(), path: append(path, ctx.Path()...)}
+	res := trace.Resolve(ctx.Request.Header.Peek(trace.HeaderCorrelationID), ctx.Request.Header.Peek(trace.HeaderRequestID))
+	x.id = res.ID
+	x.trace = trace.ParseTraceparent(ctx.Request.Header.Peek(trace.HeaderTraceparent))
+	x.method = methodString(ctx.Method())
+	x.remote = append(x.remote[:0], ctx.RemoteIP()...)
+	x.bytesIn = len(ctx.Request.Header.RawHeaders()) + len(ctx.Request.Body())
+	ctx.Response.Header.Set(trace.HeaderCorrelationID, x.id)
+	if res.Replaced && g.log.GetLevel() <= zerolog.DebugLevel {
+		g.log.Debug().Str("correlation_id", x.id).Str("reason", res.Reason).Int("rejected_len", res.RejectedLen).
+			Bool("correlation_id_replaced", true).Msg("client correlation ID replaced")
+	}
+	if g.log.GetLevel() <= zerolog.DebugLevel {
+		g.log.Debug().Str("correlation_id", x.id).Str("trace_id", x.trace.TraceID).Str("method", x.method).
+			Bytes("path", x.path).Str("remote_ip", x.remote.String()).Msg("request received")
+	}
+	return x
+}
+
+// finish writes the access log line and returns x to the pool. It is
+// called exactly once per request: by the handler for whole responses, by
+// the stream's close for streamed ones.
+func (x *exchange) finish() {
+	g := x.g
+	dur := time.Since(x.start)
+	if x.status == 0 {
+		x.status = statusClientClosedNoBytes
+	}
+	if x.outcome == "" {
+		x.outcome = outcomeOK
+		if x.status >= 400 {
+			x.outcome = outcomeClientError
+		}
+	}
+	lvl := zerolog.InfoLevel
+	if x.status >= 500 || (x.outcome != outcomeOK && x.outcome != outcomeClientError && x.outcome != outcomeAuthFailed && x.outcome != outcomeClientClosed) {
+		lvl = zerolog.WarnLevel
+	}
+	e := g.log.WithLevel(lvl)
+	if e != nil {
+		e.Str("correlation_id", x.id).
+			Str("trace_id", x.trace.TraceID).
+			Str("method", x.method).
+			Str("route", x.route.name).
+			Bytes("path", x.path).
+			Int("status", x.status).
+			Str("outcome", x.outcome).
+			Float64("duration_ms", ms(dur)).
+			Float64("ttfb_ms", ms(x.ttfb)).
+			Float64("queue_wait_ms", ms(x.queueWait)).
+			Int("bytes_in", x.bytesIn).
+			Int64("bytes_out", x.bytesOut).
+			Str("upstream", g.pool.URL()).
+			Str("remote_ip", x.remote.String())
+		if x.upstreamStatus != 0 {
+			e.Int("upstream_status", x.upstreamStatus)
+		}
+		if x.streamed {
+			e.Bool("stream", true).Int("frames_out", x.frames).Float64("ttft_ms", ms(x.ttft))
+		}
+		if x.retries > 0 {
+			e.Int("retries", x.retries)
+		}
+		if x.model != "" {
+			e.Str("model", x.model)
+		}
+		if x.keyName != "" {
+			e.Str("key_id", x.keyName)
+		}
+		if x.doneReason != "" {
+			e.Str("done_reason", x.doneReason).Int64("prompt_tokens", x.promptTokens).Int64("completion_tokens", x.completionTokens)
+		}
+		e.Msg("request")
+	}
+	g.observe(x, dur)
+	x.g = nil
+	exchangePool.Put(x)
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

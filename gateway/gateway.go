@@ -1,0 +1,235 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"runtime/debug"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/valyala/fasthttp"
+
+	"github.com/vega-gateway/vega-gateway/pool"
+)
+
+// Gateway is the data listener: the proxy in front of one upstream pool.
+type Gateway struct {
+	cfg      Config
+	chat     ChatConfig
+	keys     *Keyring
+	pool     *pool.Pool
+	log      zerolog.Logger
+	server   *fasthttp.Server
+	observer func(*Record)
+	// draining is set at the start of Shutdown; new requests get 503.
+	draining atomic.Bool
+	closing  chan struct{}
+	panics   atomic.Int64
+}
+
+// Record is what the gateway tells its observer about each finished
+// request, for metrics. It is valid only during the call.
+type Record struct {
+	Route            string
+	Method           string
+	Status           int
+	Outcome          string
+	Duration         time.Duration
+	TTFB             time.Duration
+	TTFT             time.Duration
+	Streamed         bool
+	Model            string
+	PromptTokens     int64
+	CompletionTokens int64
+	DoneReason       string
+	BytesOut         int64
+}
+
+// New builds the gateway in front of the upstream pools (the first is used
+// today; the list is where several backends will go). It starts nothing.
+func New(cfg Config, chat ChatConfig, auth AuthConfig, pools []*pool.Pool, log zerolog.Logger) (*Gateway, error) {
+	cfg = cfg.withDefaults()
+	chat = chat.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if err := chat.validate(); err != nil {
+		return nil, err
+	}
+	if len(pools) == 0 {
+		return nil, errors.New("gateway: no upstream pool")
+	}
+	keys, err := NewKeyring(auth.APIKeys)
+	if err != nil {
+		return nil, fmt.Errorf("auth.api_keys: %w", err)
+	}
+	g := &Gateway{cfg: cfg, chat: chat, keys: keys, pool: pools[0], log: log, closing: make(chan struct{})}
+	g.server = &fasthttp.Server{
+		Handler:                      g.serve,
+		ErrorHandler:                 g.serveError,
+		Name:                         "vega-gateway",
+		NoDefaultServerHeader:        true,
+		ReadBufferSize:               cfg.MaxHeaderBytes,
+		WriteBufferSize:              16 << 10,
+		ReadTimeout:                  cfg.ReadTimeout,
+		IdleTimeout:                  cfg.KeepAliveTimeout,
+		MaxRequestBodySize:           max(cfg.MaxBodyBytes, chat.MaxBodyBytes),
+		DisablePreParseMultipartForm: true,
+		SecureErrorLogMessage:        true,
+		TCPKeepalive:                 true,
+		TCPKeepalivePeriod:           15 * time.Second,
+		CloseOnShutdown:              true,
+		Logger:                       fasthttpLogger{log: log},
+		ExpectHandler:                g.expect,
+	}
+	return g, nil
+}
+
+// SetObserver registers fn to be told about every finished request (from
+// the goroutine that finished it). Call it before Serve.
+func (g *Gateway) SetObserver(fn func(*Record)) { g.observer = fn }
+
+// Open reports whether no API keys are configured.
+func (g *Gateway) Open() bool { return g.keys.Open() }
+
+// Keyring returns the data listener's keyring.
+func (g *Gateway) Keyring() *Keyring { return g.keys }
+
+// Panics is the number of handler panics recovered so far.
+func (g *Gateway) Panics() int64 { return g.panics.Load() }
+
+// Serve accepts connections on ln until Shutdown.
+func (g *Gateway) Serve(ln net.Listener) error {
+	return g.server.Serve(ln)
+}
+
+// Shutdown stops accepting, refuses queued and new requests with 503, and
+// waits for in-flight responses until ctx ends.
+func (g *Gateway) Shutdown(ctx context.Context) error {
+	if g.draining.CompareAndSwap(false, true) {
+		close(g.closing)
+	}
+	return g.server.ShutdownWithContext(ctx)
+}
+
+func (g *Gateway) observe(x *exchange, dur time.Duration) {
+	if g.observer == nil {
+		return
+	}
+	g.observer(&Record{
+		Route: x.route.name, Method: x.method, Status: x.status, Outcome: x.outcome, Duration: dur,
+		TTFB: x.ttfb, TTFT: x.ttft, Streamed: x.streamed, Model: x.model, PromptTokens: x.promptTokens,
+		CompletionTokens: x.completionTokens, DoneReason: x.doneReason, BytesOut: x.bytesOut,
+	})
+}
+
+var (
+	contentTypeJSON = "application/json; charset=utf-8"
+	healthzBody     = []byte(`{"status":"ok"}`)
+)
+
+// serve is the whole request chain, in order: correlation ID, panic
+// recovery, probe, path check, auth, drain check, then /chat or the proxy.
+func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
+	x := g.newExchange(ctx)
+	x.route = classify(ctx.Path())
+	handedOff := false
+	defer func() {
+		if r := recover(); r != nil {
+			g.panics.Add(1)
+			g.log.Error().Str("correlation_id", x.id).Interface("panic", r).Bytes("stack", debug.Stack()).Msg("handler panic recovered")
+			writeError(ctx, x.route.family, errInternal, x.id)
+			x.status, x.outcome = errInternal.status, errInternal.outcome
+			handedOff = false
+		}
+		if !handedOff {
+			if x.status == 0 {
+				x.status = ctx.Response.StatusCode()
+			}
+			x.bytesOut = int64(len(ctx.Response.Body()))
+			x.finish()
+		}
+	}()
+
+	if x.route.family == familyProbe {
+		if !ctx.IsGet() && !ctx.IsHead() {
+			g.reject(ctx, x, apiError{405, "method_not_allowed", "use GET", outcomeClientError, ""})
+			ctx.Response.Header.Set("Allow", "GET, HEAD")
+			return
+		}
+		ctx.SetContentType(contentTypeJSON)
+		ctx.SetBody(healthzBody)
+		return
+	}
+	if bad := ctx.Request.Header.RequestURI(); bytes.IndexByte(bad, '\\') >= 0 || bytes.Contains(bad, []byte("%00")) {
+		g.reject(ctx, x, apiError{400, "invalid_path", "the request path is not allowed", outcomeClientError, ""})
+		return
+	}
+	res, fromAuthz := g.keys.check(&ctx.Request.Header)
+	if res != authOK && res != authOpen {
+		g.reject(ctx, x, errUnauthorized)
+		return
+	}
+	if g.draining.Load() {
+		g.reject(ctx, x, apiError{503, "shutting_down", "the gateway is shutting down", outcomeShutdownAborted, retryAfterSeconds})
+		ctx.SetConnectionClose()
+		return
+	}
+	if x.route.family == familyChat {
+		handedOff = g.serveChat(ctx, x)
+		return
+	}
+	handedOff = g.proxy(ctx, x, fromAuthz)
+}
+
+// reject answers with a gateway-made error.
+func (g *Gateway) reject(ctx *fasthttp.RequestCtx, x *exchange, e apiError) {
+	writeError(ctx, x.route.family, e, x.id)
+	x.status, x.outcome = e.status, e.outcome
+}
+
+// serveError answers requests fasthttp could not parse, in the native
+// error shape with a fresh correlation ID, and closes the connection.
+func (g *Gateway) serveError(ctx *fasthttp.RequestCtx, err error) {
+	e := apiError{400, "bad_request", "malformed HTTP request", outcomeClientError, ""}
+	switch {
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		e = apiError{413, "body_too_large", "request body too large", outcomeClientError, ""}
+	case errors.As(err, new(*fasthttp.ErrSmallBuffer)):
+		e = apiError{431, "headers_too_large", "request headers too large", outcomeClientError, ""}
+	case isTimeoutErr(err):
+		e = apiError{408, "request_timeout", "request not received in time", outcomeClientError, ""}
+	}
+	x := g.newExchange(ctx)
+	x.route = routeUnknown
+	x.bytesIn = 0
+	writeError(ctx, familyNative, e, x.id)
+	ctx.SetConnectionClose()
+	x.status, x.outcome = e.status, e.outcome
+	x.finish()
+}
+
+// expect refuses an oversized body before fasthttp sends 100 Continue.
+func (g *Gateway) expect(ctx *fasthttp.RequestCtx) int {
+	if cl := ctx.Request.Header.ContentLength(); cl > g.server.MaxRequestBodySize {
+		return fasthttp.StatusRequestEntityTooLarge
+	}
+	return fasthttp.StatusContinue
+}
+
+func isTimeoutErr(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// fasthttpLogger routes fasthttp's own messages into zerolog at warn. With
+// SecureErrorLogMessage set they carry no raw request bytes.
+type fasthttpLogger struct{ log zerolog.Logger }
+
+func (l fasthttpLogger) Printf(format string, args ...any) {
+	l.log.Warn().Str("component", "fasthttp").Msgf(format, args...)
+}

@@ -1,0 +1,199 @@
+package gateway
+
+import (
+	"bytes"
+	"io"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/valyala/fasthttp"
+
+	"github.com/vega-gateway/vega-gateway/trace"
+)
+
+// inlineBodyMax is the largest non-streamed upstream body read whole into
+// the client response (the upstream connection then goes straight back to
+// the pool); bigger ones are streamed through.
+const inlineBodyMax = 1 << 20
+
+var (
+	mimeNDJSON      = []byte("application/x-ndjson")
+	mimeEventStream = []byte("text/event-stream")
+)
+
+// frameKind says how a response body is framed.
+type frameKind uint8
+
+const (
+	frameNone   frameKind = iota // opaque bytes
+	frameNDJSON                  // one JSON object per line
+	frameSSE                     // server-sent events
+)
+
+func frameKindOf(contentType []byte) frameKind {
+	switch {
+	case hasMediaType(contentType, mimeNDJSON):
+		return frameNDJSON
+	case hasMediaType(contentType, mimeEventStream):
+		return frameSSE
+	}
+	return frameNone
+}
+
+// hasMediaType compares the media type of a Content-Type, ignoring
+// parameters and case.
+func hasMediaType(ct, mt []byte) bool {
+	if i := bytes.IndexByte(ct, ';'); i >= 0 {
+		ct = ct[:i]
+	}
+	return bytes.EqualFold(bytes.TrimSpace(ct), mt)
+}
+
+// proxy forwards the request unchanged (but for hop-by-hop headers and the
+// gateway's credentials) and relays the answer. It reports whether the
+// response was handed to a stream that will finish the exchange.
+func (g *Gateway) proxy(ctx *fasthttp.RequestCtx, x *exchange, keyInAuthorization bool) bool {
+	x.model = modelOf(ctx.Request.Body())
+	release, waited, err := g.pool.Acquire(g.closing)
+	x.queueWait = waited
+	if err != nil {
+		g.reject(ctx, x, upstreamError(err))
+		return false
+	}
+	req := fasthttp.AcquireRequest()
+	g.outboundRequest(ctx, x, req, keyInAuthorization)
+	req.SetBodyRaw(ctx.Request.Body())
+	resp := fasthttp.AcquireResponse()
+	if g.log.GetLevel() <= zerolog.DebugLevel {
+		g.log.Debug().Str("correlation_id", x.id).Str("upstream", g.pool.URL()).Str("route", x.route.name).Msg("upstream call started")
+	}
+	upStart := time.Now()
+	x.retries, err = g.pool.Do(req, resp)
+	fasthttp.ReleaseRequest(req)
+	x.ttfb = time.Since(upStart)
+	if err != nil {
+		fasthttp.ReleaseResponse(resp)
+		release()
+		g.upstreamFailed(ctx, x, err)
+		return false
+	}
+	if g.log.GetLevel() <= zerolog.DebugLevel {
+		g.log.Debug().Str("correlation_id", x.id).Int("upstream_status", resp.StatusCode()).
+			Float64("ttfb_ms", ms(x.ttfb)).Msg("upstream first byte")
+	}
+	return g.relay(ctx, x, resp, release, nil)
+}
+
+// upstreamFailed answers a request whose upstream call failed before any
+// response byte, and logs why (the detail stays out of the body).
+func (g *Gateway) upstreamFailed(ctx *fasthttp.RequestCtx, x *exchange, err error) {
+	e := upstreamError(err)
+	g.reject(ctx, x, e)
+	g.log.Warn().Str("correlation_id", x.id).Str("outcome", e.outcome).Err(err).Msg("upstream call failed")
+}
+
+// outboundRequest builds the upstream request: method, raw request target
+// and headers as received, less hop-by-hop headers and the gateway's
+// credentials, plus the correlation ID and trace context.
+func (g *Gateway) outboundRequest(ctx *fasthttp.RequestCtx, x *exchange, req *fasthttp.Request, keyInAuthorization bool) {
+	ctx.Request.Header.CopyTo(&req.Header)
+	stripRequestHop(&req.Header)
+	if keyInAuthorization {
+		req.Header.Del(HeaderAuthorization)
+	}
+	req.Header.Set(trace.HeaderCorrelationID, x.id)
+	req.Header.Set(trace.HeaderTraceparent, x.trace.Traceparent())
+	req.Header.Set("X-Forwarded-For", x.remote.String())
+}
+
+// relay sends the upstream response to the client: headers less hop-by-hop
+// ones, then the body — framed streams frame by frame, small bodies whole,
+// big ones as a byte stream. translate, when set, rewrites each frame (the
+// /chat stream). It reports whether a stream now owns the exchange.
+func (g *Gateway) relay(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Response, release func(), translate translator) bool {
+	x.upstreamStatus = resp.StatusCode()
+	resp.Header.CopyTo(&ctx.Response.Header)
+	stripResponseHop(&ctx.Response.Header)
+	ctx.Response.Header.Set(trace.HeaderCorrelationID, x.id)
+	x.status = resp.StatusCode()
+	if x.status >= 400 {
+		x.outcome = outcomeUpstreamHTTPError
+	}
+
+	kind := frameKindOf(resp.Header.ContentType())
+	if ctx.IsHead() || x.status == fasthttp.StatusNoContent || x.status == fasthttp.StatusNotModified {
+		resp.CloseBodyStream()
+		fasthttp.ReleaseResponse(resp)
+		release()
+		ctx.Response.SkipBody = ctx.IsHead()
+		return false
+	}
+	if kind != frameNone {
+		s := g.newStream(ctx, x, resp, release, kind == frameSSE, translate)
+		ctx.Response.Header.Set("Cache-Control", "no-cache")
+		ctx.Response.Header.Set("X-Accel-Buffering", "no")
+		ctx.Response.ImmediateHeaderFlush = true
+		ctx.Response.SetBodyStream(s, -1)
+		x.streamed = true
+		return true
+	}
+	cl := resp.Header.ContentLength()
+	if cl >= 0 && cl <= inlineBodyMax {
+		err := readBody(ctx, resp, cl)
+		resp.CloseBodyStream()
+		fasthttp.ReleaseResponse(resp)
+		release()
+		if err != nil {
+			g.pool.NoteError()
+			ctx.Response.Header.Reset()
+			ctx.Response.Header.Set(trace.HeaderCorrelationID, x.id)
+			g.upstreamFailed(ctx, x, err)
+		}
+		return false
+	}
+	s := g.newRawStream(x, resp, release)
+	if cl > g.pool.MaxResponseBytes() {
+		cl = -1 // stream what fits, then fail: never claim a length we will not send
+	}
+	ctx.Response.SetBodyStream(s, cl)
+	return true
+}
+
+// readBody copies a small upstream body of known length into the client
+// response, reading to EOF so the connection can be reused.
+func readBody(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, cl int) error {
+	ctx.Response.ResetBody()
+	n, err := io.Copy(ctx.Response.BodyWriter(), io.LimitReader(resp.BodyStream(), int64(cl)+1))
+	if err != nil {
+		return classifyBody(err)
+	}
+	if n != int64(cl) {
+		return classifyBody(io.ErrUnexpectedEOF)
+	}
+	return nil
+}
+
+var modelKey = []byte(`"model"`)
+
+// modelOf finds the top-level "model" string of a JSON request body
+// cheaply, for logs and metrics only (never for a decision: a crafted body
+// may fool it).
+func modelOf(body []byte) string {
+	i := bytes.Index(body, modelKey)
+	if i < 0 {
+		return ""
+	}
+	rest := bytes.TrimLeft(body[i+len(modelKey):], " \t\r\n")
+	if len(rest) == 0 || rest[0] != ':' {
+		return ""
+	}
+	rest = bytes.TrimLeft(rest[1:], " \t\r\n")
+	if len(rest) == 0 || rest[0] != '"' {
+		return ""
+	}
+	end := bytes.IndexByte(rest[1:], '"')
+	if end < 0 || end > 200 || bytes.IndexByte(rest[1:1+end], '\\') >= 0 {
+		return ""
+	}
+	return string(rest[1 : 1+end])
+}

@@ -1,0 +1,82 @@
+package gateway
+
+import "bytes"
+
+// family is a route's client family: it decides the error body shape and
+// the stream framing.
+type family uint8
+
+const (
+	familyNative    family = iota // "/", /api/*, unknown paths: Ollama's {"error": "..."}
+	familyOpenAI                  // /v1/*: OpenAI's error object
+	familyAnthropic               // /v1/messages: Anthropic's error object
+	familyChat                    // Vega's POST /chat
+	familyProbe                   // GET /healthz on the data listener
+)
+
+// route is what the gateway knows about a path before forwarding it.
+type route struct {
+	// name is the path template, used in logs and metric labels so their
+	// cardinality stays bounded.
+	name   string
+	family family
+	// manage marks model-management routes (pull, push, create, copy,
+	// delete, blobs).
+	manage bool
+}
+
+var (
+	routeUnknown = route{name: "unknown", family: familyNative}
+	routeChat    = route{name: "/chat", family: familyChat}
+	routeHealthz = route{name: "/healthz", family: familyProbe}
+)
+
+// exactRoutes are the known fixed paths.
+var exactRoutes = map[string]route{
+	"/":                    {name: "/", family: familyNative},
+	"/api/version":         {name: "/api/version", family: familyNative},
+	"/api/chat":            {name: "/api/chat", family: familyNative},
+	"/api/generate":        {name: "/api/generate", family: familyNative},
+	"/api/embed":           {name: "/api/embed", family: familyNative},
+	"/api/embeddings":      {name: "/api/embeddings", family: familyNative},
+	"/api/tags":            {name: "/api/tags", family: familyNative},
+	"/api/show":            {name: "/api/show", family: familyNative},
+	"/api/ps":              {name: "/api/ps", family: familyNative},
+	"/api/pull":            {name: "/api/pull", family: familyNative, manage: true},
+	"/api/push":            {name: "/api/push", family: familyNative, manage: true},
+	"/api/create":          {name: "/api/create", family: familyNative, manage: true},
+	"/api/copy":            {name: "/api/copy", family: familyNative, manage: true},
+	"/api/delete":          {name: "/api/delete", family: familyNative, manage: true},
+	"/v1/chat/completions": {name: "/v1/chat/completions", family: familyOpenAI},
+	"/v1/completions":      {name: "/v1/completions", family: familyOpenAI},
+	"/v1/embeddings":       {name: "/v1/embeddings", family: familyOpenAI},
+	"/v1/responses":        {name: "/v1/responses", family: familyOpenAI},
+	"/v1/models":           {name: "/v1/models", family: familyOpenAI},
+	"/v1/messages":         {name: "/v1/messages", family: familyAnthropic},
+	"/chat":                routeChat,
+	"/healthz":             routeHealthz,
+}
+
+var (
+	prefixBlobs    = []byte("/api/blobs/")
+	prefixV1Models = []byte("/v1/models/")
+	prefixV1       = []byte("/v1/")
+)
+
+// classify maps a normalised path (fasthttp's ctx.Path) to its route. It is
+// a pure function of the path: authorisation decided on it cannot be
+// bypassed by encodings that fasthttp normalises away.
+func classify(path []byte) route {
+	if r, ok := exactRoutes[string(path)]; ok { // no allocation: map lookup by string(bytes)
+		return r
+	}
+	switch {
+	case bytes.HasPrefix(path, prefixBlobs):
+		return route{name: "/api/blobs/:digest", family: familyNative, manage: true}
+	case bytes.HasPrefix(path, prefixV1Models):
+		return route{name: "/v1/models/:model", family: familyOpenAI}
+	case bytes.HasPrefix(path, prefixV1):
+		return route{name: "unknown", family: familyOpenAI}
+	}
+	return routeUnknown
+}

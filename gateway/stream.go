@@ -1,0 +1,222 @@
+package gateway
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/vega-gateway/vega-gateway/pool"
+)
+
+// translator rewrites one upstream frame into what the client gets. It may
+// return final=true to end the stream after the frame (a success marker),
+// or an error to end it with a terminal error record.
+type translator func(s *stream, frame []byte) (out []byte, final bool, err error)
+
+// stream relays a framed upstream body (NDJSON or SSE) to the client. The
+// fasthttp server reads it from its own worker goroutine and writes each
+// Read as one flushed chunk, so there is no extra goroutine per stream;
+// Read hands out whole frames only. When the server is done — the client
+// took everything, or a write to it failed — it calls CloseWithError, which
+// closes the upstream body (discarding the connection unless it was read to
+// the end), frees the pool slot and writes the access log line.
+type stream struct {
+	g         *Gateway
+	x         *exchange
+	resp      *fasthttp.Response
+	release   func()
+	fr        *framer
+	sse       bool
+	translate translator
+	conn      net.Conn
+	// out[off:] is what is left of the frame being handed out.
+	out []byte
+	off int
+	// ended: nothing more will be read from upstream; clean: it ended with
+	// a proper end of stream (not an error or a gateway-made terminal record).
+	ended, clean bool
+}
+
+func (g *Gateway) newStream(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Response, release func(), sse bool, translate translator) *stream {
+	return &stream{
+		g: g, x: x, resp: resp, release: release, sse: sse, translate: translate,
+		fr:   newFramer(resp.BodyStream(), sse, g.cfg.MaxFrameBytes),
+		conn: ctx.Conn(),
+	}
+}
+
+func (s *stream) Read(p []byte) (int, error) {
+	for s.off >= len(s.out) {
+		if s.ended {
+			return 0, io.EOF
+		}
+		s.nextFrame()
+	}
+	n := copy(p, s.out[s.off:])
+	s.off += n
+	s.x.bytesOut += int64(n)
+	return n, nil
+}
+
+// nextFrame loads the next frame to hand out, or the terminal record.
+func (s *stream) nextFrame() {
+	frame, err := s.fr.next()
+	if err != nil {
+		s.ended = true
+		if err == io.EOF {
+			if s.translate != nil {
+				// /chat: an upstream that ends without its final chunk was cut short.
+				s.fail(pool.ClassifyBodyError(io.ErrUnexpectedEOF))
+				return
+			}
+			s.clean = true
+			s.out, s.off = nil, 0
+			return
+		}
+		s.fail(classifyBody(err))
+		return
+	}
+	x := s.x
+	if x.frames == 0 {
+		x.ttft = time.Since(x.start)
+	}
+	x.frames++
+	s.inspect(frame)
+	if s.translate != nil {
+		out, final, terr := s.translate(s, frame)
+		if terr != nil {
+			s.ended = true
+			s.fail(terr)
+			return
+		}
+		if final {
+			s.ended, s.clean = true, true
+		}
+		frame = out
+	}
+	s.out, s.off = frame, 0
+	if s.g.cfg.WriteIdleTimeout > 0 {
+		// The server writes this frame right after Read returns, in this
+		// goroutine: a client that takes nothing for WriteIdleTimeout fails
+		// the write, which ends the stream and frees the upstream.
+		_ = s.conn.SetWriteDeadline(time.Now().Add(s.g.cfg.WriteIdleTimeout))
+	}
+}
+
+var upstreamErrorPrefix = []byte(`{"error"`)
+
+// inspect notes what a frame says about the request: an Ollama error line
+// mid-stream, and the final chunk's token counts.
+func (s *stream) inspect(frame []byte) {
+	if s.sse {
+		return
+	}
+	if bytes.HasPrefix(frame, upstreamErrorPrefix) {
+		s.x.outcome = outcomeUpstreamStreamError
+		return
+	}
+	if bytes.Contains(frame, doneTrue) {
+		readFinalChunk(s.x, frame)
+	}
+}
+
+// fail ends the stream with a terminal error record in its own framing.
+func (s *stream) fail(err error) {
+	e := upstreamError(err)
+	s.x.outcome = e.outcome
+	s.g.pool.NoteError()
+	s.g.log.Warn().Str("correlation_id", s.x.id).Str("outcome", e.outcome).Int("frames_out", s.x.frames).Err(err).Msg("upstream stream failed")
+	s.out, s.off = terminalFrame(s.x.route.family, s.sse, e, s.x.id), 0
+}
+
+// CloseWithError is called once by the fasthttp server when it is done
+// with the body; writeErr is non-nil when writing to the client failed.
+func (s *stream) CloseWithError(writeErr error) error {
+	x := s.x
+	if writeErr != nil {
+		x.outcome = outcomeClientClosed
+		if isTimeoutErr(writeErr) {
+			x.outcome = outcomeClientWriteTimeout
+		}
+		if !s.ended {
+			s.g.pool.NoteClientDisconnect()
+		}
+	}
+	_ = s.conn.SetWriteDeadline(time.Time{})
+	// Not read to EOF: fasthttp closes the upstream connection instead of
+	// pooling it, so Ollama sees its client leave and stops generating.
+	_ = s.resp.CloseBodyStream()
+	fasthttp.ReleaseResponse(s.resp)
+	s.release()
+	x.finish()
+	return nil
+}
+
+// rawStream relays an unframed upstream body (large or of unknown length)
+// byte for byte, capped at upstream.max_response_bytes.
+type rawStream struct {
+	g       *Gateway
+	x       *exchange
+	resp    *fasthttp.Response
+	release func()
+	src     io.Reader
+	left    int64
+	ended   bool
+}
+
+func (g *Gateway) newRawStream(x *exchange, resp *fasthttp.Response, release func()) *rawStream {
+	return &rawStream{g: g, x: x, resp: resp, release: release, src: resp.BodyStream(), left: int64(g.pool.MaxResponseBytes())}
+}
+
+func (r *rawStream) Read(p []byte) (int, error) {
+	if r.left <= 0 {
+		r.x.outcome = outcomeUpstreamTooLarge
+		r.g.pool.NoteError()
+		return 0, pool.ErrTooLarge
+	}
+	if int64(len(p)) > r.left {
+		p = p[:r.left]
+	}
+	n, err := r.src.Read(p)
+	r.left -= int64(n)
+	r.x.bytesOut += int64(n)
+	if err == io.EOF {
+		r.ended = true
+	} else if err != nil {
+		r.ended = true
+		e := upstreamError(classifyBody(err))
+		r.x.outcome = e.outcome
+		r.g.pool.NoteError()
+	}
+	return n, err
+}
+
+// CloseWithError: see stream.CloseWithError.
+func (r *rawStream) CloseWithError(writeErr error) error {
+	if writeErr != nil && r.x.outcome == "" {
+		r.x.outcome = outcomeClientClosed
+		if !r.ended {
+			r.g.pool.NoteClientDisconnect()
+		}
+	}
+	_ = r.resp.CloseBodyStream()
+	fasthttp.ReleaseResponse(r.resp)
+	r.release()
+	r.x.finish()
+	return nil
+}
+
+// classifyBody maps an error met while reading an upstream body.
+func classifyBody(err error) error {
+	if errors.Is(err, errFrameTooLarge) || errors.Is(err, errTruncatedFrame) {
+		if errors.Is(err, errTruncatedFrame) {
+			return errors.Join(pool.ErrReset, err)
+		}
+		return err
+	}
+	return pool.ClassifyBodyError(err)
+}

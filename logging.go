@@ -1,0 +1,72 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"github.com/mattn/go-isatty"
+	"github.com/rs/zerolog"
+	"github.com/rs/zerolog/diode"
+	"gopkg.in/natefinch/lumberjack.v2"
+)
+
+// logSink is the root logger's destination: gateway.log (rotated by
+// lumberjack) and stdout, behind a diode — a lock-free ring that a single
+// goroutine drains — so a slow or full disk drops lines (counted) instead
+// of blocking a request.
+type logSink struct {
+	diode   diode.Writer
+	file    *lumberjack.Logger
+	Dropped atomic.Int64 // lines dropped because the queue was full
+}
+
+// newLogger builds the root logger. An unusable log directory is not
+// fatal: one warning on stderr, then stdout only (read-only containers).
+func newLogger(cfg logConfig, stdout, stderr io.Writer) (zerolog.Logger, *logSink) {
+	sink := &logSink{}
+	var writers []io.Writer
+	if cfg.Dir != "" {
+		if err := checkLogDir(cfg.Dir); err != nil {
+			fmt.Fprintf(stderr, "warning: log.dir %s is not usable (%v); logging to stdout only\n", cfg.Dir, err)
+		} else {
+			sink.file = &lumberjack.Logger{
+				Filename: filepath.Join(cfg.Dir, "gateway.log"), MaxSize: cfg.MaxSizeMB, MaxBackups: cfg.MaxBackups,
+			}
+			writers = append(writers, sink.file)
+		}
+	}
+	if f, ok := stdout.(*os.File); ok && isatty.IsTerminal(f.Fd()) {
+		writers = append(writers, zerolog.ConsoleWriter{Out: stdout, TimeFormat: time.TimeOnly})
+	} else {
+		writers = append(writers, stdout)
+	}
+	sink.diode = diode.NewWriter(zerolog.MultiLevelWriter(writers...), cfg.BufferLines, 10*time.Millisecond, func(missed int) {
+		sink.Dropped.Add(int64(missed))
+	})
+	level, _ := zerolog.ParseLevel(cfg.Level) // validated by config
+	log := zerolog.New(sink.diode).Level(level).With().Timestamp().Logger()
+	return log, sink
+}
+
+// Close flushes queued lines and closes the file.
+func (s *logSink) Close() {
+	_ = s.diode.Close()
+	if s.file != nil {
+		_ = s.file.Close()
+	}
+}
+
+func checkLogDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "gateway.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}

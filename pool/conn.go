@@ -1,0 +1,86 @@
+package pool
+
+import (
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// conn wraps an upstream connection to count it and to arm read deadlines
+// per read: the first read after a request is written waits up to the
+// first-byte timeout, later reads up to the idle timeout. fasthttp's own
+// ReadTimeout is one deadline for a whole streamed body, which would cut
+// long generations; this is the per-read clock it lacks.
+type conn struct {
+	net.Conn
+	p *Pool
+	// awaiting is set by Write (a request went out) and cleared by the
+	// first read that returns bytes.
+	awaiting atomic.Bool
+	// responses counts reads that returned bytes since the last Write; a
+	// connection with a completed earlier exchange is "reused".
+	exchanges atomic.Int64
+	readBytes atomic.Int64
+	closeOnce sync.Once
+}
+
+// connAddr is conn's LocalAddr: it lets Do find, from a failed Response, the
+// connection it used (fasthttp keeps LocalAddr on the Response).
+type connAddr struct {
+	net.Addr
+	c *conn
+}
+
+func (c *conn) LocalAddr() net.Addr { return connAddr{Addr: c.Conn.LocalAddr(), c: c} }
+
+func (c *conn) Write(b []byte) (int, error) {
+	if !c.awaiting.Load() {
+		c.awaiting.Store(true)
+		c.readBytes.Store(0)
+	}
+	return c.Conn.Write(b)
+}
+
+func (c *conn) Read(b []byte) (int, error) {
+	d := c.p.up.IdleTimeout
+	first := c.awaiting.Load()
+	if first {
+		d = c.p.up.FirstByteTimeout
+	}
+	if d > 0 {
+		_ = c.Conn.SetReadDeadline(time.Now().Add(d))
+	}
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.readBytes.Add(int64(n))
+		if first {
+			c.awaiting.Store(false)
+			c.exchanges.Add(1)
+		}
+	}
+	return n, err
+}
+
+func (c *conn) Close() error {
+	err := c.Conn.Close()
+	c.closeOnce.Do(func() { c.p.stats.ConnectionsClosed.Add(1) })
+	return err
+}
+
+// reusedAndSilent reports whether the connection had served an earlier
+// exchange and the failed request got no response byte: the case in which
+// a stale keep-alive connection provably never delivered the request.
+func (c *conn) reusedAndSilent() bool {
+	return c.exchanges.Load() > 0 && c.readBytes.Load() == 0
+}
+
+func (p *Pool) dial(addr string) (net.Conn, error) {
+	d := net.Dialer{Timeout: p.up.ConnectTimeout, KeepAlive: 30 * time.Second}
+	nc, err := d.Dial("tcp", addr)
+	if err != nil {
+		return nil, &dialError{err: err}
+	}
+	p.stats.ConnectionsOpened.Add(1)
+	return &conn{Conn: nc, p: p}, nil
+}

@@ -1,0 +1,224 @@
+package pool
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// Stats are the pool's counters, kept with atomics so the request path never
+// takes a lock to count.
+type Stats struct {
+	ClientsCreated    atomic.Int64 // HTTP clients built for this upstream (1 for the life of the pool)
+	RequestsMade      atomic.Int64 // upstream requests sent, retries included
+	ConnectionsOpened atomic.Int64 // TCP connections dialled successfully
+	ConnectionsClosed atomic.Int64 // TCP connections closed, by either side
+	InFlight          atomic.Int64 // requests holding a connection slot now
+	Waiting           atomic.Int64 // requests queued for a slot now
+	WaitTimeouts      atomic.Int64 // requests refused after max_wait
+	QueueRejections   atomic.Int64 // requests refused because the queue was full
+	Errors            atomic.Int64 // upstream errors: connect, timeout, reset, protocol, mid-stream
+	Retries           atomic.Int64 // requests sent a second time because the first never arrived
+	ClientDisconnects atomic.Int64 // upstream connections closed because the client left
+}
+
+// Pool is one upstream behind a hard bound on connections. All of the
+// gateway's traffic to that upstream goes through Do, between Acquire and
+// the release it returns.
+type Pool struct {
+	cfg    Config
+	up     UpstreamConfig
+	target target
+	client *fasthttp.HostClient
+	// slots holds one token per request in flight; its capacity is the
+	// connection bound. fasthttp's MaxConns equals it, so fasthttp never
+	// queues (its waiter list is unbounded, valyala/fasthttp#2391).
+	slots     chan struct{}
+	closing   chan struct{}
+	closeOnce sync.Once
+	stats     Stats
+	health    health
+}
+
+// New validates the configs and builds the pool. It starts no goroutine:
+// the health prober runs under RunHealth.
+func New(up UpstreamConfig, cfg Config) (*Pool, error) {
+	cfg = cfg.withDefaults()
+	up = up.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	t, err := up.validate()
+	if err != nil {
+		return nil, err
+	}
+	p := &Pool{
+		cfg:     cfg,
+		up:      up,
+		target:  t,
+		slots:   make(chan struct{}, cfg.MaxConnections),
+		closing: make(chan struct{}),
+	}
+	p.client = &fasthttp.HostClient{
+		Addr:                          t.addr,
+		IsTLS:                         t.isTLS,
+		Dial:                          p.dial,
+		MaxConns:                      cfg.MaxConnections,
+		MaxConnWaitTimeout:            0,
+		MaxIdleConnDuration:           cfg.MaxIdleConnDuration,
+		StreamResponseBody:            true,
+		DisableHeaderNamesNormalizing: true,
+		DisablePathNormalizing:        true,
+		NoDefaultUserAgentHeader:      true,
+		SecureErrorLogMessage:         true,
+		ReadBufferSize:                16 << 10,
+		// Retries are Do's decision, made with knowledge fasthttp lacks
+		// (was the connection reused? did any byte come back?).
+		RetryIfErr: func(*fasthttp.Request, int, error) (bool, bool) { return false, false },
+	}
+	p.stats.ClientsCreated.Add(1)
+	p.health.init(up)
+	return p, nil
+}
+
+// URL returns the upstream's base URL.
+func (p *Pool) URL() string { return p.up.URL }
+
+// Host returns the Host header the upstream expects.
+func (p *Pool) Host() string { return p.target.host }
+
+// Stats returns the live counters; callers read them with Load.
+func (p *Pool) Stats() *Stats { return &p.stats }
+
+// MaxResponseBytes is the cap on a non-streamed response body.
+func (p *Pool) MaxResponseBytes() int { return p.up.MaxResponseBytes }
+
+// Acquire waits for a connection slot: at once if one is free, else in the
+// bounded queue for up to max_wait. cancel (may be nil) aborts the wait, for
+// example on shutdown. The returned release must be called exactly once,
+// after the upstream response is finished with. waited is the queue time.
+func (p *Pool) Acquire(cancel <-chan struct{}) (release func(), waited time.Duration, err error) {
+	select {
+	case <-p.closing:
+		return nil, 0, ErrClosed
+	default:
+	}
+	if p.health.failFast() {
+		return nil, 0, ErrUnhealthy
+	}
+	select {
+	case p.slots <- struct{}{}:
+		p.stats.InFlight.Add(1)
+		return p.release, 0, nil
+	default:
+	}
+	if n := p.stats.Waiting.Add(1); n > int64(p.cfg.MaxQueue) {
+		p.stats.Waiting.Add(-1)
+		p.stats.QueueRejections.Add(1)
+		return nil, 0, ErrQueueFull
+	}
+	start := time.Now()
+	t := time.NewTimer(p.cfg.MaxWait)
+	defer t.Stop()
+	defer p.stats.Waiting.Add(-1)
+	select {
+	case p.slots <- struct{}{}:
+		p.stats.InFlight.Add(1)
+		return p.release, time.Since(start), nil
+	case <-t.C:
+		p.stats.WaitTimeouts.Add(1)
+		return nil, time.Since(start), ErrPoolExhausted
+	case <-p.closing:
+		return nil, time.Since(start), ErrClosed
+	case <-cancel:
+		return nil, time.Since(start), ErrClosed
+	}
+}
+
+func (p *Pool) release() {
+	p.stats.InFlight.Add(-1)
+	<-p.slots
+}
+
+// Do sends req and reads the response headers into resp; the body is left
+// as a stream (resp.BodyStream) for the caller to read and close. Call it
+// only while holding a slot from Acquire. It sets the upstream's Host and
+// retries once, only when the request provably never reached the upstream:
+// the dial failed (not by timeout), or a reused keep-alive connection failed
+// before any response byte. Errors wrap ErrConnect, ErrFirstByteTimeout,
+// ErrReset or ErrProtocol.
+func (p *Pool) Do(req *fasthttp.Request, resp *fasthttp.Response) (retries int, err error) {
+	req.URI().SetSchemeBytes(schemeOf(p.target.isTLS))
+	req.URI().SetHost(p.target.host)
+	req.Header.SetHost(p.target.host)
+	for {
+		p.stats.RequestsMade.Add(1)
+		err = p.client.Do(req, resp)
+		if err == nil {
+			return retries, nil
+		}
+		if retries == 0 && p.safeToRetry(req, resp, err) {
+			retries++
+			p.stats.Retries.Add(1)
+			continue
+		}
+		p.stats.Errors.Add(1)
+		return retries, fmt.Errorf("%s %s: %w", req.Header.Method(), req.URI().Path(), classify(err))
+	}
+}
+
+func (p *Pool) safeToRetry(req *fasthttp.Request, resp *fasthttp.Response, err error) bool {
+	if req.IsBodyStream() {
+		return false // a streamed body cannot be sent twice
+	}
+	var de *dialError
+	if errors.As(err, &de) {
+		return !isTimeout(err) // a second connect timeout would double the wait
+	}
+	if ca, ok := resp.LocalAddr().(connAddr); ok && isReset(err) {
+		return ca.c.reusedAndSilent()
+	}
+	return false
+}
+
+// NoteError counts an upstream error met after Do returned (mid-stream).
+func (p *Pool) NoteError() { p.stats.Errors.Add(1) }
+
+// NoteClientDisconnect counts an upstream connection closed because the
+// client went away.
+func (p *Pool) NoteClientDisconnect() { p.stats.ClientDisconnects.Add(1) }
+
+// Close refuses new requests, wakes queued ones with ErrClosed and closes
+// idle upstream connections. Busy ones close as their streams end.
+func (p *Pool) Close() {
+	p.closeOnce.Do(func() {
+		close(p.closing)
+		p.client.CloseIdleConnections()
+	})
+}
+
+// Closed reports whether Close was called.
+func (p *Pool) Closed() bool {
+	select {
+	case <-p.closing:
+		return true
+	default:
+		return false
+	}
+}
+
+var (
+	schemeHTTP  = []byte("http")
+	schemeHTTPS = []byte("https")
+)
+
+func schemeOf(tls bool) []byte {
+	if tls {
+		return schemeHTTPS
+	}
+	return schemeHTTP
+}

@@ -1,0 +1,215 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/valyala/fasthttp"
+
+	"github.com/vega-gateway/vega-gateway/admin"
+	"github.com/vega-gateway/vega-gateway/gateway"
+	"github.com/vega-gateway/vega-gateway/ollamatest"
+	"github.com/vega-gateway/vega-gateway/pool"
+)
+
+func serveCommand(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "config file (default ./config.yaml if present)")
+	demo := fs.Bool("demo", false, "start a built-in fake Ollama on a loopback port and use it as the upstream")
+	logLevel := fs.String("log-level", "", "override log.level")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	overrides := map[string]any{}
+	if *logLevel != "" {
+		overrides["log.level"] = *logLevel
+	}
+	var fake *ollamatest.Server
+	if *demo {
+		var err error
+		fake, err = ollamatest.NewServer(ollamatest.Config{TokenDelay: 40 * time.Millisecond})
+		if err != nil {
+			fmt.Fprintf(stderr, "vega-gateway: demo backend: %v\n", err)
+			return 1
+		}
+		defer fake.Close()
+		overrides["upstream.url"] = fake.URL()
+	}
+	cfg, err := loadConfig(*configPath, overrides, os.Environ())
+	if err != nil {
+		fmt.Fprintf(stderr, "vega-gateway: %v\n", err)
+		return 1
+	}
+	log, sink := newLogger(cfg.Log, stdout, stderr)
+	defer sink.Close()
+	if fake != nil {
+		log.Info().Str("upstream", fake.URL()).Msg("demo mode: serving a built-in fake Ollama")
+	}
+	app, err := newApp(cfg, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "vega-gateway: %v\n", err)
+		return 1
+	}
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	return app.run(sigs)
+}
+
+// app is the wired process: listeners, gateway, admin, pool, prober.
+type app struct {
+	cfg     config
+	log     zerolog.Logger
+	pool    *pool.Pool
+	gw      *gateway.Gateway
+	admin   *admin.Server
+	gwLn    net.Listener
+	adminLn net.Listener
+}
+
+// newApp builds everything and binds both ports; nothing serves yet. On
+// error no port is left bound.
+func newApp(cfg config, log zerolog.Logger) (*app, error) {
+	p, err := pool.New(cfg.Upstream.UpstreamConfig, cfg.Pool)
+	if err != nil {
+		return nil, err
+	}
+	gcfg := cfg.Gateway
+	gcfg.DefaultModel = cfg.Upstream.DefaultModel
+	gw, err := gateway.New(gcfg, cfg.Chat, cfg.Auth, []*pool.Pool{p}, log)
+	if err != nil {
+		return nil, err
+	}
+	adminKeys := cfg.Auth.AdminAPIKeys
+	if len(adminKeys) == 0 {
+		adminKeys = cfg.Auth.APIKeys
+	}
+	adminRing, err := gateway.NewKeyring(adminKeys)
+	if err != nil {
+		return nil, fmt.Errorf("auth.admin_api_keys: %w", err)
+	}
+	a := &app{cfg: cfg, log: log, pool: p, gw: gw}
+	src := admin.Sources{
+		Pools: func() []pool.Snapshot { return []pool.Snapshot{p.Snapshot()} },
+		Ready: func() bool { return p.Ready() && !p.Closed() },
+	}
+	if !adminRing.Open() {
+		src.Authorize = adminRing.Allowed
+	}
+	a.admin, err = admin.New(cfg.Admin, src, log)
+	if err != nil {
+		return nil, err
+	}
+	if a.gwLn, err = net.Listen("tcp", cfg.Gateway.Listen); err != nil {
+		return nil, fmt.Errorf("gateway.listen: %w", err)
+	}
+	if a.adminLn, err = net.Listen("tcp", cfg.Admin.Listen); err != nil {
+		a.gwLn.Close()
+		return nil, fmt.Errorf("admin.listen: %w", err)
+	}
+	return a, nil
+}
+
+// run serves until a signal, then drains: /readyz turns 503 and queued
+// requests are refused at once, in-flight ones get gateway.drain_timeout.
+// A second signal exits at once.
+func (a *app) run(sigs <-chan os.Signal) int {
+	log := a.log
+	if a.gw.Open() {
+		log.Warn().Msg("auth.api_keys is empty: the gateway is open to anyone who can reach it")
+	}
+	log.Info().Str("gateway", a.gwLn.Addr().String()).Str("admin", a.adminLn.Addr().String()).
+		Str("upstream", a.pool.URL()).Str("version", version).Msg("vega-gateway started")
+
+	healthCtx, stopHealth := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() {
+		defer wg.Done()
+		a.pool.RunHealth(healthCtx, func(ch pool.HealthChange) {
+			ev := log.Info()
+			if !ch.Healthy {
+				ev = log.Warn().AnErr("error", ch.Err)
+			}
+			ev.Bool("healthy", ch.Healthy).Bool("down", ch.Down).Str("upstream", a.pool.URL()).Msg(healthMessage(ch))
+		})
+	}()
+	serveErr := make(chan error, 2)
+	go func() { defer wg.Done(); serveErr <- a.gw.Serve(a.gwLn) }()
+	go func() { defer wg.Done(); serveErr <- a.admin.Serve(a.adminLn) }()
+
+	code := 0
+	select {
+	case sig := <-sigs:
+		log.Info().Str("signal", sig.String()).Dur("drain_timeout", a.cfg.Gateway.DrainTimeout).Msg("shutting down: draining")
+	case err := <-serveErr:
+		log.Error().Err(err).Msg("listener failed")
+		code = 1
+	}
+	a.pool.Close() // readyz 503, queued requests 503 shutting_down
+	done := make(chan struct{})
+	go func() {
+		drainCtx, cancel := context.WithTimeout(context.Background(), a.cfg.Gateway.DrainTimeout)
+		defer cancel()
+		if err := a.gw.Shutdown(drainCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			log.Warn().Err(err).Msg("gateway shutdown")
+		} else if err != nil {
+			log.Warn().Msg("drain timeout reached with requests still running; closing them")
+		}
+		adminCtx, cancel2 := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel2()
+		_ = a.admin.Shutdown(adminCtx)
+		stopHealth()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case sig := <-sigs:
+		log.Warn().Str("signal", sig.String()).Msg("second signal: exiting now")
+		return 1
+	}
+	wg.Wait()
+	log.Info().Msg("stopped")
+	return code
+}
+
+func healthMessage(ch pool.HealthChange) string {
+	switch {
+	case ch.Healthy:
+		return "upstream is healthy"
+	case ch.Down:
+		return "upstream marked down after failed health probes; requests fail fast with 503"
+	}
+	return "upstream not reachable yet; /readyz answers 503 until it is"
+}
+
+func healthcheckCommand(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("healthcheck", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	url := fs.String("url", "http://127.0.0.1:8000/healthz", "URL to probe")
+	timeout := fs.Duration("timeout", 2*time.Second, "probe timeout")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	status, _, err := fasthttp.GetTimeout(nil, *url, *timeout)
+	if err != nil {
+		fmt.Fprintf(stderr, "healthcheck: %v\n", err)
+		return 1
+	}
+	if status != fasthttp.StatusOK {
+		fmt.Fprintf(stderr, "healthcheck: status %d\n", status)
+		return 1
+	}
+	return 0
+}
