@@ -233,6 +233,11 @@ func (c config) validate() error {
 	if c.Admin.Listen == c.Gateway.Listen {
 		return fmt.Errorf("admin.listen: must differ from gateway.listen (%q)", c.Gateway.Listen)
 	}
+	// The packages validate their own sections; building a pool starts
+	// nothing and opens no connection.
+	if _, err := pool.New(c.Upstream.UpstreamConfig, c.Pool); err != nil {
+		return err
+	}
 	if c.Pool.MaxConnections <= 0 {
 		return fmt.Errorf("pool.max_connections: must be positive, got %d", c.Pool.MaxConnections)
 	}

@@ -38,7 +38,7 @@ func serveCommand(args []string, stdout, stderr io.Writer) int {
 	var fake *ollamatest.Server
 	if *demo {
 		var err error
-		fake, err = ollamatest.NewServer(ollamatest.Config{TokenDelay: 40 * time.Millisecond})
+		fake, err = ollamatest.NewServer(ollamatest.Config{TokenDelay: 20 * time.Millisecond})
 		if err != nil {
 			fmt.Fprintf(stderr, "vega-gateway: demo backend: %v\n", err)
 			return 1

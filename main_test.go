@@ -1,0 +1,340 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestMain lets the test binary act as vega-gateway in a subprocess, so the
+// tests below run the real command: flags, config, signals, exit codes.
+func TestMain(m *testing.M) {
+	if os.Getenv("VEGA_TEST_RUN_MAIN") == "1" {
+		os.Exit(run(os.Args[1:]))
+	}
+	os.Exit(m.Run())
+}
+
+func TestLoadConfigErrors(t *testing.T) {
+	const secret = "super-secret-key-value-0123456789abcdef"
+	for _, tc := range []struct {
+		name    string
+		yaml    string
+		env     []string
+		wantKey string
+	}{
+		{"unknown key", "pool:\n  max_conections: 5\n", nil, "pool.max_conections"},
+		{"wrong type", "pool:\n  max_connections: lots\n", nil, "max_connections"},
+		{"bad duration", "pool:\n  max_wait: soon\n", nil, "max_wait"},
+		{"negative", "pool:\n  max_connections: -1\n", nil, "pool.max_connections"},
+		{"bad url", "upstream:\n  url: ftp://x\n", nil, "upstream.url"},
+		{"url with credentials", "upstream:\n  url: http://u:" + secret + "@x\n", nil, "upstream.url"},
+		{"bad log level", "log:\n  level: loud\n", nil, "log.level"},
+		{"yaml syntax", "pool: [\n", nil, "config file"},
+		{"env wrong type", "", []string{"VEGA_POOL_MAX_CONNECTIONS=many"}, "max_connections"},
+		{"public admin without keys", "", []string{"VEGA_ADMIN_LISTEN=0.0.0.0:8001"}, "admin.listen"},
+		{"empty key", "auth:\n  api_keys: [\"\"]\n", nil, "auth.api_keys"},
+		{"duplicate key", "auth:\n  api_keys: [\"" + secret + "\", \"" + secret + "\"]\n", nil, "auth.api_keys"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := ""
+			if tc.yaml != "" {
+				path = filepath.Join(t.TempDir(), "config.yaml")
+				if err := os.WriteFile(path, []byte(tc.yaml), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_, err := loadConfig(path, nil, tc.env)
+			if err == nil {
+				t.Fatalf("loadConfig accepted it")
+			}
+			if !strings.Contains(err.Error(), tc.wantKey) {
+				t.Fatalf("error %q does not name %q", err, tc.wantKey)
+			}
+			if strings.Contains(err.Error(), secret) {
+				t.Fatalf("error prints the secret: %q", err)
+			}
+		})
+	}
+	t.Run("missing file", func(t *testing.T) {
+		if _, err := loadConfig(filepath.Join(t.TempDir(), "nope.yaml"), nil, nil); err == nil {
+			t.Fatal("accepted a missing file")
+		}
+	})
+}
+
+func TestLoadConfigLayers(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	os.WriteFile(path, []byte("pool:\n  max_connections: 7\n  max_wait: 2s\nupstream:\n  default_model: qwen\n"), 0o600)
+	c, err := loadConfig(path, map[string]any{"log.level": "debug"}, []string{
+		"VEGA_POOL_MAX_CONNECTIONS=9", "VEGA_AUTH_API_KEYS=k1-aaaaaaaaaaaaaaaa, k2-bbbbbbbbbbbbbbbb", "VEGA_UNRELATED=1",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Pool.MaxConnections != 9 || c.Pool.MaxWait != 2*time.Second || c.Upstream.DefaultModel != "qwen" ||
+		c.Log.Level != "debug" || len(c.Auth.APIKeys) != 2 || c.Auth.APIKeys[1] != "k2-bbbbbbbbbbbbbbbb" {
+		t.Fatalf("config %+v", c)
+	}
+	d, err := loadConfig("", nil, nil)
+	if err != nil || d.Gateway.Listen != ":8000" || d.Admin.Listen != "127.0.0.1:8001" || d.Pool.MaxConnections != 100 ||
+		d.Upstream.URL != "http://127.0.0.1:11434" || d.Upstream.FirstByteTimeout != 5*time.Minute {
+		t.Fatalf("defaults %+v %v", d, err)
+	}
+}
+
+// The repo's config.yaml must list every key at its default.
+func TestRepoConfigIsDefaults(t *testing.T) {
+	fromFile, err := loadConfig("config.yaml", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromDefaults, err := loadConfig(filepath.Join(t.TempDir(), "none.yaml"), nil, nil)
+	_ = fromDefaults
+	if err == nil {
+		t.Fatal("missing file accepted")
+	}
+	var empty string
+	d, _ := loadConfig(empty, nil, nil)
+	a, _ := json.Marshal(fromFile)
+	b, _ := json.Marshal(d)
+	if string(a) != string(b) {
+		t.Fatalf("config.yaml differs from the built-in defaults:\n%s\n%s", a, b)
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// gatewayProcess is vega-gateway running as a subprocess.
+type gatewayProcess struct {
+	cmd         *exec.Cmd
+	data, admin string
+	logDir      string
+	stdout      *lockedBuffer
+	exited      chan error
+}
+
+func startProcess(t *testing.T, args []string, env ...string) *gatewayProcess {
+	t.Helper()
+	p := &gatewayProcess{data: freeAddr(t), admin: freeAddr(t), logDir: filepath.Join(t.TempDir(), "logs"), stdout: &lockedBuffer{}, exited: make(chan error, 1)}
+	p.cmd = exec.Command(os.Args[0], args...)
+	p.cmd.Dir = t.TempDir() // no config.yaml there: defaults + env
+	p.cmd.Env = append(os.Environ(), "VEGA_TEST_RUN_MAIN=1",
+		"VEGA_GATEWAY_LISTEN="+p.data, "VEGA_ADMIN_LISTEN="+p.admin, "VEGA_LOG_DIR="+p.logDir,
+		"VEGA_UPSTREAM_HEALTH_INTERVAL=100ms")
+	p.cmd.Env = append(p.cmd.Env, env...)
+	p.cmd.Stdout = p.stdout
+	p.cmd.Stderr = p.stdout
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.exited <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if r, err := http.Get("http://" + p.data + "/healthz"); err == nil {
+			r.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gateway did not start; output:\n%s", p.stdout.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return p
+}
+
+func (p *gatewayProcess) stop(t *testing.T) {
+	t.Helper()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.exited:
+		p.exited <- err
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v; output:\n%s", err, p.stdout.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no exit within 10s of SIGTERM")
+	}
+}
+
+func get(t *testing.T, url string, hdr map[string]string) (int, http.Header, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", url, nil)
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, b
+}
+
+func post(t *testing.T, url, body string, hdr map[string]string) (int, http.Header, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", url, strings.NewReader(body))
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, b
+}
+
+// TestServeDemo is the README's quick start: serve --demo, the curl lines,
+// the log grep, then SIGTERM.
+func TestServeDemo(t *testing.T) {
+	const key = "demo-key-0123456789abcdef0123456789"
+	p := startProcess(t, []string{"serve", "--demo"}, "VEGA_AUTH_API_KEYS="+key, "VEGA_LOG_LEVEL=debug")
+	auth := map[string]string{"X-API-Key": key}
+
+	st, h, body := post(t, "http://"+p.data+"/chat", `{"prompt":"test"}`, map[string]string{"X-API-Key": key, "X-Correlation-ID": "debug-issue-42"})
+	if st != 200 || h.Get("X-Correlation-ID") != "debug-issue-42" || !strings.Contains(string(body), `"response"`) {
+		t.Fatalf("/chat: %d %s", st, body)
+	}
+	if st, _, _ := post(t, "http://"+p.data+"/chat", `{"prompt":"test"}`, nil); st != 401 {
+		t.Fatalf("/chat without key: %d", st)
+	}
+	st, _, body = get(t, "http://"+p.admin+"/admin/resources/pools", auth)
+	var pools struct {
+		Upstream   string `json:"upstream"`
+		UsageStats struct {
+			ClientsCreated int `json:"clients_created"`
+			RequestsMade   int `json:"requests_made"`
+		} `json:"usage_stats"`
+	}
+	if st != 200 || json.Unmarshal(body, &pools) != nil || pools.UsageStats.ClientsCreated != 1 || pools.UsageStats.RequestsMade != 1 {
+		t.Fatalf("pools: %d %s", st, body)
+	}
+	if st, _, _ := get(t, "http://"+p.data+"/admin/resources/pools", auth); st != 404 {
+		t.Fatalf("admin route on the data port: %d", st)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if st, _, _ := get(t, "http://"+p.admin+"/readyz", nil); st == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("/readyz never 200 in demo mode")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	p.stop(t)
+
+	// grep debug-issue-42 logs/*.log: the request's whole life.
+	f, err := os.Open(filepath.Join(p.logDir, "gateway.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var msgs []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), "debug-issue-42") {
+			var m map[string]any
+			if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+				t.Fatalf("log line not JSON: %s", sc.Text())
+			}
+			msgs = append(msgs, m["message"].(string))
+		}
+	}
+	want := []string{"request received", "upstream call started", "request"}
+	for _, w := range want {
+		if !contains(msgs, w) {
+			t.Fatalf("log lines for the ID: %q, missing %q", msgs, w)
+		}
+	}
+	if strings.Contains(p.stdout.String(), key) {
+		t.Fatal("API key printed")
+	}
+	logBytes, _ := os.ReadFile(filepath.Join(p.logDir, "gateway.log"))
+	if strings.Contains(string(logBytes), key) {
+		t.Fatal("API key logged")
+	}
+}
+
+// TestServeWithoutOllama: the gateway starts and serves with no upstream,
+// says so, and answers 502 (then 503 once health checks mark it down).
+func TestServeWithoutOllama(t *testing.T) {
+	p := startProcess(t, []string{"serve"}, "VEGA_UPSTREAM_URL=http://"+freeAddr(t))
+	if st, _, _ := get(t, "http://"+p.admin+"/readyz", nil); st != 503 {
+		t.Fatalf("/readyz = %d with no upstream", st)
+	}
+	st, _, body := post(t, "http://"+p.data+"/chat", `{"prompt":"test"}`, nil)
+	if st != 502 && st != 503 {
+		t.Fatalf("/chat = %d %s", st, body)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, h, body := post(t, "http://"+p.data+"/api/chat", `{"model":"llama3.2"}`, nil)
+		if st == 503 && strings.Contains(string(body), "upstream_unhealthy") && h.Get("Retry-After") != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("never failed fast: %d %s", st, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(p.stdout.String(), "upstream") || !strings.Contains(p.stdout.String(), "not reachable") {
+		t.Fatalf("logs do not say the upstream is unreachable:\n%s", p.stdout.String())
+	}
+	p.stop(t)
+}
+
+// TestUnwritableLogDir: a log dir that cannot be created is a warning,
+// not a failure (read-only containers).
+func TestUnwritableLogDir(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(file, nil, 0o600)
+	p := startProcess(t, []string{"serve", "--demo"}, "VEGA_LOG_DIR="+filepath.Join(file, "logs"))
+	if !strings.Contains(p.stdout.String(), "warning: log.dir") {
+		t.Fatalf("no warning:\n%s", p.stdout.String())
+	}
+	p.stop(t)
+}
+
+func TestHealthcheckCommand(t *testing.T) {
+	p := startProcess(t, []string{"serve", "--demo"})
+	if code := healthcheckCommand([]string{"--url", "http://" + p.data + "/healthz"}, io.Discard); code != 0 {
+		t.Fatalf("healthcheck against a live gateway: exit %d", code)
+	}
+	if code := healthcheckCommand([]string{"--url", "http://" + freeAddr(t) + "/healthz"}, io.Discard); code != 1 {
+		t.Fatalf("healthcheck against a closed port: exit %d", code)
+	}
+	p.stop(t)
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
