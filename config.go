@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -84,6 +85,9 @@ func defaults() map[string]any {
 		"pool.max_idle_conn_duration": pool.DefaultMaxIdleConnDuration,
 		"auth.api_keys":               []string{},
 		"auth.admin_api_keys":         []string{},
+		"auth.keys":                   []gateway.KeyConfig{},
+		"auth.keys_file":              "",
+		"auth.allow_model_management": false,
 		"chat.max_history_messages":   gateway.DefaultMaxHistoryMessages,
 		"chat.max_body_bytes":         gateway.DefaultMaxChatBodyBytes,
 		"chat.max_prompt_bytes":       gateway.DefaultMaxPromptBytes,
@@ -147,6 +151,7 @@ func loadConfig(path string, overrides map[string]any, environ []string) (config
 	err := v.UnmarshalExact(&c, viper.DecodeHook(mapstructure.ComposeDecodeHookFunc(
 		mapstructure.StringToTimeDurationHookFunc(),
 		stringToKeyList(),
+		jsonToScopedKeys(),
 	)))
 	if err != nil {
 		return config{}, redact(err)
@@ -193,12 +198,31 @@ func stringToKeyList() mapstructure.DecodeHookFuncType {
 	}
 }
 
+// jsonToScopedKeys decodes VEGA_AUTH_KEYS, a JSON list of scoped keys.
+func jsonToScopedKeys() mapstructure.DecodeHookFuncType {
+	return func(from, to reflect.Type, data any) (any, error) {
+		if from.Kind() != reflect.String || to != reflect.TypeFor[[]gateway.KeyConfig]() {
+			return data, nil
+		}
+		var keys []gateway.KeyConfig
+		if strings.TrimSpace(data.(string)) == "" {
+			return keys, nil
+		}
+		dec := json.NewDecoder(strings.NewReader(data.(string)))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&keys); err != nil {
+			return nil, errors.New("auth.keys: must be a JSON list of {name, key or sha256, scopes, max_concurrent, requests_per_minute}")
+		}
+		return keys, nil
+	}
+}
+
 // redact drops values from decode errors: a mistyped key list must not
 // print the keys.
 func redact(err error) error {
 	msg := err.Error()
 	if strings.Contains(msg, "auth.") {
-		return errors.New("config: auth.api_keys / auth.admin_api_keys must be lists of strings")
+		return errors.New("config: auth.api_keys / auth.admin_api_keys must be lists of strings, auth.keys a list of {name, key or sha256, scopes, max_concurrent, requests_per_minute}")
 	}
 	return fmt.Errorf("config: %w", err)
 }

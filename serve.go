@@ -64,7 +64,10 @@ func serveCommand(args []string, stdout, stderr io.Writer) int {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
-	return app.run(sigs)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	return app.run(sigs, hup)
 }
 
 // app is the wired process: listeners, gateway, admin, pool, prober.
@@ -95,7 +98,7 @@ func newApp(cfg config, log zerolog.Logger) (*app, error) {
 	if len(adminKeys) == 0 {
 		adminKeys = cfg.Auth.APIKeys
 	}
-	adminRing, err := gateway.NewKeyring(adminKeys)
+	adminRing, err := gateway.NewKeyring(adminKeys, nil)
 	if err != nil {
 		return nil, fmt.Errorf("auth.admin_api_keys: %w", err)
 	}
@@ -124,7 +127,7 @@ func newApp(cfg config, log zerolog.Logger) (*app, error) {
 // run serves until a signal, then drains: /readyz turns 503 and queued
 // requests are refused at once, in-flight ones get gateway.drain_timeout.
 // A second signal exits at once.
-func (a *app) run(sigs <-chan os.Signal) int {
+func (a *app) run(sigs, hup <-chan os.Signal) int {
 	log := a.log
 	if a.gw.Open() {
 		log.Warn().Msg("auth.api_keys is empty: the gateway is open to anyone who can reach it")
@@ -150,12 +153,23 @@ func (a *app) run(sigs <-chan os.Signal) int {
 	go func() { defer wg.Done(); serveErr <- a.admin.Serve(a.adminLn) }()
 
 	code := 0
-	select {
-	case sig := <-sigs:
-		log.Info().Str("signal", sig.String()).Dur("drain_timeout", a.cfg.Gateway.DrainTimeout).Msg("shutting down: draining")
-	case err := <-serveErr:
-		log.Error().Err(err).Msg("listener failed")
-		code = 1
+wait:
+	for {
+		select {
+		case <-hup:
+			if err := a.gw.ReloadKeys(); err != nil {
+				log.Error().Err(err).Msg("key reload failed; the previous keys stay in force")
+			} else {
+				log.Info().Msg("keys reloaded")
+			}
+		case sig := <-sigs:
+			log.Info().Str("signal", sig.String()).Dur("drain_timeout", a.cfg.Gateway.DrainTimeout).Msg("shutting down: draining")
+			break wait
+		case err := <-serveErr:
+			log.Error().Err(err).Msg("listener failed")
+			code = 1
+			break wait
+		}
 	}
 	a.pool.Close() // readyz 503, queued requests 503 shutting_down
 	done := make(chan struct{})

@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"crypto/subtle"
-	"errors"
+	"encoding/hex"
 	"fmt"
+	"strings"
+	"sync/atomic"
+	"time"
 
 	"github.com/valyala/fasthttp"
 )
@@ -16,57 +19,197 @@ const (
 	HeaderAuthorization = "Authorization"
 )
 
-// authResult is the outcome of checking a request's credentials.
-type authResult uint8
-
+// Scopes a key can hold.
 const (
-	authOK        authResult = iota // a configured key matched
-	authOpen                        // no keys configured: the gateway is open
-	authMissing                     // no credential presented
-	authInvalid                     // a credential presented that matches no key
-	authAmbiguous                   // two different credentials, or a repeated header
+	// ScopeInference: chat, generate, embed, /v1 inference, /v1/messages, /chat.
+	ScopeInference = "inference"
+	// ScopeModelsRead: tags, show, ps, version, /v1/models.
+	ScopeModelsRead = "models:read"
+	// ScopeModelsManage: pull, push, create, copy, delete, blobs.
+	ScopeModelsManage = "models:manage"
 )
 
-// Keyring holds SHA-256 digests of the accepted keys, never the keys, so a
-// heap dump or a debug print shows no secret.
-type Keyring struct {
-	digests [][sha256.Size]byte
+type scopeSet uint8
+
+const (
+	scopeInference scopeSet = 1 << iota
+	scopeModelsRead
+	scopeModelsManage
+)
+
+func parseScopes(names []string) (scopeSet, error) {
+	var s scopeSet
+	for _, n := range names {
+		switch strings.TrimSpace(n) {
+		case ScopeInference:
+			s |= scopeInference
+		case ScopeModelsRead:
+			s |= scopeModelsRead
+		case ScopeModelsManage:
+			s |= scopeModelsManage
+		default:
+			return 0, fmt.Errorf("unknown scope %q (want %s, %s or %s)", n, ScopeInference, ScopeModelsRead, ScopeModelsManage)
+		}
+	}
+	return s, nil
 }
 
-// NewKeyring builds a keyring. An empty list gives an open keyring that
-// accepts everything. Empty keys are refused: they would authenticate an
-// empty header.
-func NewKeyring(keys []string) (*Keyring, error) {
+// KeyConfig is one scoped key (config key auth.keys, auth.keys_file, or
+// JSON in VEGA_AUTH_KEYS).
+type KeyConfig struct {
+	// Name identifies the key in logs and metrics; the key itself never
+	// appears there.
+	Name string `mapstructure:"name" json:"name" yaml:"name"`
+	// Key is the secret itself; or give SHA256 instead.
+	Key string `mapstructure:"key" json:"key" yaml:"key"`
+	// SHA256 is the hex SHA-256 of the key, so config files need not hold it.
+	SHA256 string `mapstructure:"sha256" json:"sha256" yaml:"sha256"`
+	// Scopes the key holds: inference, models:read, models:manage.
+	// Default inference and models:read.
+	Scopes []string `mapstructure:"scopes" json:"scopes" yaml:"scopes"`
+	// MaxConcurrent caps this key's requests in flight (429 above it);
+	// 0 means no cap.
+	MaxConcurrent int `mapstructure:"max_concurrent" json:"max_concurrent" yaml:"max_concurrent"`
+	// RequestsPerMinute caps this key's request rate (429 above it); 0
+	// means no cap.
+	RequestsPerMinute int `mapstructure:"requests_per_minute" json:"requests_per_minute" yaml:"requests_per_minute"`
+}
+
+// apiKey is a configured key with its live counters.
+type apiKey struct {
+	name          string
+	digest        [sha256.Size]byte
+	scopes        scopeSet
+	maxConcurrent int64
+	perMinute     int64
+	inFlight      atomic.Int64
+	window        atomic.Int64 // unix minute of the current rate window
+	windowCount   atomic.Int64
+}
+
+// admit takes a concurrency slot and a rate token; release gives the slot
+// back. ok is false with the reason's apiError when the key is over a cap.
+func (k *apiKey) admit(now time.Time) (apiError, bool) {
+	if k.perMinute > 0 {
+		minute := now.Unix() / 60
+		if w := k.window.Load(); w != minute && k.window.CompareAndSwap(w, minute) {
+			k.windowCount.Store(0)
+		}
+		if k.windowCount.Add(1) > k.perMinute {
+			return apiError{429, "rate_limited", "this key's request rate limit is reached", outcomeClientError, fmt.Sprint(60 - now.Unix()%60)}, false
+		}
+	}
+	if k.maxConcurrent > 0 {
+		if k.inFlight.Add(1) > k.maxConcurrent {
+			k.inFlight.Add(-1)
+			return apiError{429, "key_concurrency_limit", "this key has too many requests in flight", outcomeClientError, retryAfterSeconds}, false
+		}
+	}
+	return apiError{}, true
+}
+
+func (k *apiKey) release() {
+	if k.maxConcurrent > 0 {
+		k.inFlight.Add(-1)
+	}
+}
+
+// Keyring holds the accepted keys as SHA-256 digests, never the keys, so a
+// heap dump or a debug print shows no secret.
+type Keyring struct {
+	keys []*apiKey
+}
+
+// NewKeyring builds a keyring from plain keys (auth.api_keys: scopes
+// inference and models:read, named by their digest's first 8 hex digits)
+// and scoped keys. No keys at all gives an open keyring.
+func NewKeyring(plain []string, scoped []KeyConfig) (*Keyring, error) {
 	k := &Keyring{}
-	for i, key := range keys {
+	names := map[string]bool{}
+	digests := map[[sha256.Size]byte]bool{}
+	add := func(ak *apiKey) error {
+		if names[ak.name] {
+			return fmt.Errorf("duplicate key name %q", ak.name)
+		}
+		if digests[ak.digest] {
+			return fmt.Errorf("key %q repeats an earlier key", ak.name)
+		}
+		names[ak.name], digests[ak.digest] = true, true
+		k.keys = append(k.keys, ak)
+		return nil
+	}
+	for i, key := range plain {
 		if key == "" {
 			return nil, fmt.Errorf("key #%d is empty", i+1)
 		}
-		k.digests = append(k.digests, sha256.Sum256([]byte(key)))
+		d := sha256.Sum256([]byte(key))
+		if err := add(&apiKey{name: "key-" + hex.EncodeToString(d[:4]), digest: d, scopes: scopeInference | scopeModelsRead}); err != nil {
+			return nil, err
+		}
+	}
+	for i, kc := range scoped {
+		ak := &apiKey{name: kc.Name, maxConcurrent: int64(kc.MaxConcurrent), perMinute: int64(kc.RequestsPerMinute)}
+		if ak.name == "" {
+			return nil, fmt.Errorf("keys[%d]: name is required", i)
+		}
+		switch {
+		case kc.Key != "" && kc.SHA256 != "":
+			return nil, fmt.Errorf("keys[%d] (%s): give key or sha256, not both", i, kc.Name)
+		case kc.Key != "":
+			ak.digest = sha256.Sum256([]byte(kc.Key))
+		case kc.SHA256 != "":
+			b, err := hex.DecodeString(strings.TrimSpace(kc.SHA256))
+			if err != nil || len(b) != sha256.Size {
+				return nil, fmt.Errorf("keys[%d] (%s): sha256 must be 64 hex digits", i, kc.Name)
+			}
+			copy(ak.digest[:], b)
+		default:
+			return nil, fmt.Errorf("keys[%d] (%s): key or sha256 is required", i, kc.Name)
+		}
+		if kc.MaxConcurrent < 0 || kc.RequestsPerMinute < 0 {
+			return nil, fmt.Errorf("keys[%d] (%s): limits must not be negative", i, kc.Name)
+		}
+		scopes := kc.Scopes
+		if len(scopes) == 0 {
+			scopes = []string{ScopeInference, ScopeModelsRead}
+		}
+		var err error
+		if ak.scopes, err = parseScopes(scopes); err != nil {
+			return nil, fmt.Errorf("keys[%d] (%s): %w", i, kc.Name, err)
+		}
+		if err := add(ak); err != nil {
+			return nil, fmt.Errorf("keys[%d]: %w", i, err)
+		}
 	}
 	return k, nil
 }
 
 // Open reports whether no keys are configured.
-func (k *Keyring) Open() bool { return len(k.digests) == 0 }
+func (k *Keyring) Open() bool { return len(k.keys) == 0 }
 
-// match compares the presented key's digest with every configured digest
+// Len is the number of configured keys.
+func (k *Keyring) Len() int { return len(k.keys) }
+
+// find compares the presented key's digest with every configured digest
 // in constant time, without an early exit, so timing does not reveal which
 // key or how much of one matched.
-func (k *Keyring) match(presented []byte) bool {
+func (k *Keyring) find(presented []byte) *apiKey {
 	d := sha256.Sum256(presented)
-	found := 0
-	for i := range k.digests {
-		found |= subtle.ConstantTimeCompare(d[:], k.digests[i][:])
+	var found *apiKey
+	for _, ak := range k.keys {
+		if subtle.ConstantTimeCompare(d[:], ak.digest[:]) == 1 {
+			found = ak
+		}
 	}
-	return found == 1
+	return found
 }
 
 var bearerPrefix = []byte("bearer ")
 
 // credentials extracts the presented key from X-API-Key or Authorization:
 // Bearer. fromAuthorization says the key came in Authorization (so it is
-// stripped before forwarding).
+// stripped before forwarding). Two different credentials, or a repeated
+// header, are ambiguous: never "first one wins".
 func credentials(h *fasthttp.RequestHeader) (key []byte, fromAuthorization bool, ambiguous bool) {
 	apiKeys := h.PeekAll(HeaderAPIKey)
 	if len(apiKeys) > 1 {
@@ -97,31 +240,38 @@ func credentials(h *fasthttp.RequestHeader) (key []byte, fromAuthorization bool,
 	return nil, false, false
 }
 
-// check authenticates a request.
-func (k *Keyring) check(h *fasthttp.RequestHeader) (authResult, bool) {
+// authResult is the outcome of checking a request's credentials.
+type authResult uint8
+
+const (
+	authOK        authResult = iota // a configured key matched
+	authOpen                        // no keys configured: the gateway is open
+	authMissing                     // no credential presented
+	authInvalid                     // a credential presented that matches no key
+	authAmbiguous                   // two different credentials, or a repeated header
+)
+
+// check authenticates a request; key is the matched key (nil when open).
+func (k *Keyring) check(h *fasthttp.RequestHeader) (res authResult, key *apiKey, fromAuthz bool) {
 	if k.Open() {
-		return authOpen, false
+		return authOpen, nil, false
 	}
-	key, fromAuthz, ambiguous := credentials(h)
+	presented, fromAuthz, ambiguous := credentials(h)
 	switch {
 	case ambiguous:
-		return authAmbiguous, false
-	case len(key) == 0:
-		return authMissing, false
-	case k.match(key):
-		return authOK, fromAuthz
+		return authAmbiguous, nil, false
+	case len(presented) == 0:
+		return authMissing, nil, false
 	}
-	return authInvalid, false
+	if ak := k.find(presented); ak != nil {
+		return authOK, ak, fromAuthz
+	}
+	return authInvalid, nil, false
 }
-
-// ErrUnauthorized is returned by Allowed's callers' checks when a request
-// carries no valid key. Send the correct key as X-API-Key or
-// Authorization: Bearer.
-var ErrUnauthorized = errors.New("gateway: missing or invalid API key")
 
 // Allowed reports whether the request carries a valid key (or the keyring
 // is open). It is what the admin listener uses to guard its routes.
 func (k *Keyring) Allowed(ctx *fasthttp.RequestCtx) bool {
-	r, _ := k.check(&ctx.Request.Header)
+	r, _, _ := k.check(&ctx.Request.Header)
 	return r == authOK || r == authOpen
 }

@@ -70,6 +70,16 @@ type AuthConfig struct {
 	APIKeys []string `mapstructure:"api_keys"`
 	// AdminAPIKeys guard the admin listener; empty falls back to APIKeys.
 	AdminAPIKeys []string `mapstructure:"admin_api_keys"`
+	// Keys are scoped keys with names and optional per-key limits (in
+	// containers: JSON in VEGA_AUTH_KEYS).
+	Keys []KeyConfig `mapstructure:"keys"`
+	// KeysFile is a YAML or JSON file with a list of scoped keys (or
+	// {"keys": [...]}), re-read on SIGHUP without dropping open streams.
+	KeysFile string `mapstructure:"keys_file"`
+	// AllowModelManagement lets requests without a key use pull, push,
+	// create, copy, delete and blobs when the gateway is open. Default
+	// false: model management needs a key with the models:manage scope.
+	AllowModelManagement bool `mapstructure:"allow_model_management"`
 }
 
 func (c Config) withDefaults() Config {

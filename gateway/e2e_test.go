@@ -625,3 +625,81 @@ func fakeTokens(n int) ollamatest.Config { return ollamatest.Config{Tokens: n} }
 func fakeTokensDelay(n int, d time.Duration) ollamatest.Config {
 	return ollamatest.Config{Tokens: n, TokenDelay: d}
 }
+
+func TestScopesAndKeyLimits(t *testing.T) {
+	const (
+		reader  = "reader-key-0123456789abcdef0123456789"
+		manager = "manager-key-0123456789abcdef01234567"
+		limited = "limited-key-0123456789abcdef01234567"
+	)
+	e := startEnv(t, envOptions{
+		fake: fakeTokensDelay(20, 20*time.Millisecond),
+		auth: gateway.AuthConfig{APIKeys: []string{reader}, Keys: []gateway.KeyConfig{
+			{Name: "ops", Key: manager, Scopes: []string{"models:manage", "models:read"}},
+			{Name: "ci", Key: limited, MaxConcurrent: 1},
+		}},
+	})
+	for _, tc := range []struct {
+		name, key, method, path, body string
+		status                        int
+	}{
+		{"plain key infers", reader, "POST", "/api/chat", `{"model":"llama3.2","stream":false,"messages":[{"role":"user","content":"hi"}]}`, 200},
+		{"plain key reads", reader, "GET", "/api/tags", "", 200},
+		{"plain key cannot pull", reader, "POST", "/api/pull", `{"model":"llama3.2","stream":false}`, 403},
+		{"plain key cannot delete", reader, "DELETE", "/api/delete", `{"model":"x"}`, 403},
+		{"normalised path cannot bypass", reader, "POST", "/api/./pull", `{"model":"llama3.2","stream":false}`, 403},
+		{"manage key pulls", manager, "POST", "/api/pull", `{"model":"llama3.2","stream":false}`, 200},
+		{"manage key cannot infer", manager, "POST", "/chat", `{"prompt":"hi"}`, 403},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st, _, body := e.do(tc.method, tc.path, tc.body, map[string]string{"Authorization": "Bearer " + tc.key})
+			if st != tc.status {
+				t.Fatalf("status %d, want %d: %s", st, tc.status, body)
+			}
+			if st == 403 && decodeJSON(t, body)["code"] != "route_forbidden" {
+				t.Fatalf("body %s", body)
+			}
+		})
+	}
+	t.Run("per-key concurrency", func(t *testing.T) {
+		resp, err := http.DefaultClient.Do(mustRequest(t, "POST", e.url+"/api/chat", `{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}`, limited))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		st, h, body := e.do("POST", "/api/chat", `{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}`, map[string]string{"X-API-Key": limited})
+		if st != 429 || decodeJSON(t, body)["code"] != "key_concurrency_limit" || h.Get("Retry-After") == "" {
+			t.Fatalf("second stream of a max_concurrent=1 key: %d %s", st, body)
+		}
+		// Another key is unaffected.
+		if st, _, _ := e.do("GET", "/api/tags", "", map[string]string{"X-API-Key": reader}); st != 200 {
+			t.Fatalf("other key: %d", st)
+		}
+	})
+	waitFor(t, 2*time.Second, "log lines", func() bool { return strings.Contains(e.logs.String(), `"key_id":"ops"`) })
+	for _, k := range []string{reader, manager, limited} {
+		if strings.Contains(e.logs.String(), k) {
+			t.Fatal("a key appears in the log")
+		}
+	}
+}
+
+func TestModelManagementWhenOpen(t *testing.T) {
+	closed := startEnv(t, envOptions{})
+	if st, _, body := closed.do("POST", "/api/pull", `{"model":"llama3.2","stream":false}`, nil); st != 403 {
+		t.Fatalf("open gateway allowed pull by default: %d %s", st, body)
+	}
+	open := startEnv(t, envOptions{auth: gateway.AuthConfig{AllowModelManagement: true}})
+	if st, _, body := open.do("POST", "/api/pull", `{"model":"llama3.2","stream":false}`, nil); st != 200 {
+		t.Fatalf("allow_model_management: %d %s", st, body)
+	}
+}
+
+func mustRequest(t *testing.T, method, url, body, key string) *http.Request {
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("X-API-Key", key)
+	return req
+}

@@ -26,6 +26,8 @@ type exchange struct {
 	remote  net.IP
 	model   string
 	keyName string
+	// key holds a concurrency slot of the request's key until finish.
+	key *apiKey
 
 	status         int
 	upstreamStatus int
@@ -143,7 +145,10 @@ func (x *exchange) finish() {
 		e.Msg("request")
 	}
 	g.observe(x, dur)
-	x.g = nil
+	if x.key != nil {
+		x.key.release()
+	}
+	x.g, x.key = nil, nil
 	exchangePool.Put(x)
 }
 

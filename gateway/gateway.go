@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"runtime/debug"
 	"sync/atomic"
@@ -20,7 +19,8 @@ import (
 type Gateway struct {
 	cfg      Config
 	chat     ChatConfig
-	keys     *Keyring
+	auth     AuthConfig
+	keys     atomic.Pointer[Keyring]
 	pool     *pool.Pool
 	log      zerolog.Logger
 	server   *fasthttp.Server
@@ -63,11 +63,12 @@ func New(cfg Config, chat ChatConfig, auth AuthConfig, pools []*pool.Pool, log z
 	if len(pools) == 0 {
 		return nil, errors.New("gateway: no upstream pool")
 	}
-	keys, err := NewKeyring(auth.APIKeys)
+	keys, err := buildKeyring(auth)
 	if err != nil {
-		return nil, fmt.Errorf("auth.api_keys: %w", err)
+		return nil, err
 	}
-	g := &Gateway{cfg: cfg, chat: chat, keys: keys, pool: pools[0], log: log, closing: make(chan struct{})}
+	g := &Gateway{cfg: cfg, chat: chat, auth: auth, pool: pools[0], log: log, closing: make(chan struct{})}
+	g.keys.Store(keys)
 	g.server = &fasthttp.Server{
 		Handler:                      g.serve,
 		ErrorHandler:                 g.serveError,
@@ -94,10 +95,7 @@ func New(cfg Config, chat ChatConfig, auth AuthConfig, pools []*pool.Pool, log z
 func (g *Gateway) SetObserver(fn func(*Record)) { g.observer = fn }
 
 // Open reports whether no API keys are configured.
-func (g *Gateway) Open() bool { return g.keys.Open() }
-
-// Keyring returns the data listener's keyring.
-func (g *Gateway) Keyring() *Keyring { return g.keys }
+func (g *Gateway) Open() bool { return g.keys.Load().Open() }
 
 // Panics is the number of handler panics recovered so far.
 func (g *Gateway) Panics() int64 { return g.panics.Load() }
@@ -169,9 +167,13 @@ func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 		g.reject(ctx, x, apiError{400, "invalid_path", "the request path is not allowed", outcomeClientError, ""})
 		return
 	}
-	res, fromAuthz := g.keys.check(&ctx.Request.Header)
+	res, key, fromAuthz := g.keys.Load().check(&ctx.Request.Header)
 	if res != authOK && res != authOpen {
 		g.reject(ctx, x, errUnauthorized)
+		return
+	}
+	if e, ok := g.authorize(x, res, key); !ok {
+		g.reject(ctx, x, e)
 		return
 	}
 	if g.draining.Load() {
@@ -185,6 +187,35 @@ func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 	}
 	handedOff = g.proxy(ctx, x, fromAuthz)
 }
+
+// authorize checks the route's scope and the key's limits; on success the
+// exchange holds a slot of the key's concurrency until it finishes.
+func (g *Gateway) authorize(x *exchange, res authResult, key *apiKey) (apiError, bool) {
+	need := x.route.scope()
+	if res == authOpen {
+		if need == scopeModelsManage && !g.auth.AllowModelManagement {
+			return errManageDisabled, false
+		}
+		return apiError{}, true
+	}
+	x.keyName = key.name
+	if key.scopes&need == 0 {
+		if need == scopeModelsManage {
+			return errManageForbidden, false
+		}
+		return apiError{403, "route_forbidden", "this key's scopes do not allow this route", outcomeClientError, ""}, false
+	}
+	if e, ok := key.admit(time.Now()); !ok {
+		return e, false
+	}
+	x.key = key
+	return apiError{}, true
+}
+
+var (
+	errManageDisabled  = apiError{403, "route_forbidden", "model management is disabled: use a key with the models:manage scope (or set auth.allow_model_management on an open gateway)", outcomeClientError, ""}
+	errManageForbidden = apiError{403, "route_forbidden", "model management needs a key with the models:manage scope", outcomeClientError, ""}
+)
 
 // reject answers with a gateway-made error.
 func (g *Gateway) reject(ctx *fasthttp.RequestCtx, x *exchange, e apiError) {

@@ -23,6 +23,19 @@ type route struct {
 	// manage marks model-management routes (pull, push, create, copy,
 	// delete, blobs).
 	manage bool
+	// read marks read-only model routes (tags, show, ps, version).
+	read bool
+}
+
+// scope is the key scope the route needs.
+func (r route) scope() scopeSet {
+	switch {
+	case r.manage:
+		return scopeModelsManage
+	case r.read:
+		return scopeModelsRead
+	}
+	return scopeInference
 }
 
 var (
@@ -33,15 +46,15 @@ var (
 
 // exactRoutes are the known fixed paths.
 var exactRoutes = map[string]route{
-	"/":                    {name: "/", family: familyNative},
-	"/api/version":         {name: "/api/version", family: familyNative},
+	"/":                    {name: "/", family: familyNative, read: true},
+	"/api/version":         {name: "/api/version", family: familyNative, read: true},
 	"/api/chat":            {name: "/api/chat", family: familyNative},
 	"/api/generate":        {name: "/api/generate", family: familyNative},
 	"/api/embed":           {name: "/api/embed", family: familyNative},
 	"/api/embeddings":      {name: "/api/embeddings", family: familyNative},
-	"/api/tags":            {name: "/api/tags", family: familyNative},
-	"/api/show":            {name: "/api/show", family: familyNative},
-	"/api/ps":              {name: "/api/ps", family: familyNative},
+	"/api/tags":            {name: "/api/tags", family: familyNative, read: true},
+	"/api/show":            {name: "/api/show", family: familyNative, read: true},
+	"/api/ps":              {name: "/api/ps", family: familyNative, read: true},
 	"/api/pull":            {name: "/api/pull", family: familyNative, manage: true},
 	"/api/push":            {name: "/api/push", family: familyNative, manage: true},
 	"/api/create":          {name: "/api/create", family: familyNative, manage: true},
@@ -51,7 +64,7 @@ var exactRoutes = map[string]route{
 	"/v1/completions":      {name: "/v1/completions", family: familyOpenAI},
 	"/v1/embeddings":       {name: "/v1/embeddings", family: familyOpenAI},
 	"/v1/responses":        {name: "/v1/responses", family: familyOpenAI},
-	"/v1/models":           {name: "/v1/models", family: familyOpenAI},
+	"/v1/models":           {name: "/v1/models", family: familyOpenAI, read: true},
 	"/v1/messages":         {name: "/v1/messages", family: familyAnthropic},
 	"/chat":                routeChat,
 	"/healthz":             routeHealthz,
@@ -74,7 +87,7 @@ func classify(path []byte) route {
 	case bytes.HasPrefix(path, prefixBlobs):
 		return route{name: "/api/blobs/:digest", family: familyNative, manage: true}
 	case bytes.HasPrefix(path, prefixV1Models):
-		return route{name: "/v1/models/:model", family: familyOpenAI}
+		return route{name: "/v1/models/:model", family: familyOpenAI, read: true}
 	case bytes.HasPrefix(path, prefixV1):
 		return route{name: "unknown", family: familyOpenAI}
 	}
