@@ -65,6 +65,7 @@ func defaults() map[string]any {
 		"gateway.keepalive_timeout":   gateway.DefaultKeepAliveTimeout,
 		"gateway.write_idle_timeout":  gateway.DefaultWriteIdleTimeout,
 		"gateway.drain_timeout":       gateway.DefaultDrainTimeout,
+		"gateway.max_stream_duration": gateway.DefaultMaxStreamDuration,
 		"gateway.max_header_bytes":    gateway.DefaultMaxHeaderBytes,
 		"gateway.max_body_bytes":      gateway.DefaultMaxBodyBytes,
 		"gateway.max_frame_bytes":     gateway.DefaultMaxFrameBytes,

@@ -13,6 +13,7 @@ const (
 	DefaultKeepAliveTimeout   = 60 * time.Second
 	DefaultWriteIdleTimeout   = 30 * time.Second
 	DefaultDrainTimeout       = 30 * time.Second
+	DefaultMaxStreamDuration  = 30 * time.Minute
 	DefaultMaxHeaderBytes     = 16 << 10
 	DefaultMaxBodyBytes       = 16 << 20
 	DefaultMaxFrameBytes      = 8 << 20
@@ -37,6 +38,11 @@ type Config struct {
 	// DrainTimeout is how long in-flight streams may run on after SIGTERM.
 	// Default DefaultDrainTimeout.
 	DrainTimeout time.Duration `mapstructure:"drain_timeout"`
+	// MaxStreamDuration is a backstop on one inference response's total
+	// time; the idle and first-byte clocks are the main controls. Model
+	// management (pull, push, create, blobs) has none. Default
+	// DefaultMaxStreamDuration; negative means none.
+	MaxStreamDuration time.Duration `mapstructure:"max_stream_duration"`
 	// MaxHeaderBytes caps the request line plus headers (431 above it).
 	// Default DefaultMaxHeaderBytes.
 	MaxHeaderBytes int `mapstructure:"max_header_bytes"`
@@ -97,6 +103,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = DefaultDrainTimeout
+	}
+	if c.MaxStreamDuration == 0 {
+		c.MaxStreamDuration = DefaultMaxStreamDuration
 	}
 	if c.MaxHeaderBytes == 0 {
 		c.MaxHeaderBytes = DefaultMaxHeaderBytes

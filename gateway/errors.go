@@ -3,7 +3,6 @@ package gateway
 import (
 	"encoding/json"
 	"errors"
-	"strconv"
 
 	"github.com/valyala/fasthttp"
 
@@ -28,8 +27,8 @@ const (
 	outcomeClientWriteTimeout   = "client_write_timeout"
 	outcomeShutdownAborted      = "shutdown_aborted"
 	outcomeInternalError        = "internal_error"
+	outcomeMaxDuration          = "max_duration"
 	outcomeUpstreamTooLarge     = "upstream_too_large"
-	outcomeGatewayProbe         = "ok"
 	statusClientClosedNoBytes   = 499
 	retryAfterSeconds           = "1"
 	retryAfterUnhealthySeconds  = "5"
@@ -200,6 +199,3 @@ func terminalFrame(fam family, sse bool, e apiError, id string) []byte {
 	out = append(out, body...)
 	return append(out, "\n\n"...)
 }
-
-// statusText is a tiny helper for log fields that want a string status.
-func statusText(code int) string { return strconv.Itoa(code) }

@@ -2,10 +2,8 @@ package gateway
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"net"
-	"runtime/debug"
 	"sync/atomic"
 	"time"
 
@@ -29,6 +27,10 @@ type Gateway struct {
 	draining atomic.Bool
 	closing  chan struct{}
 	panics   atomic.Int64
+	streams  streamSet
+	// faultHook, when set (tests only), is called at named points of the
+	// request path so tests can inject panics.
+	faultHook func(where string)
 }
 
 // Record is what the gateway tells its observer about each finished
@@ -86,6 +88,7 @@ func New(cfg Config, chat ChatConfig, auth AuthConfig, pools []*pool.Pool, log z
 		CloseOnShutdown:              true,
 		Logger:                       fasthttpLogger{log: log},
 		ExpectHandler:                g.expect,
+		HeaderReceived:               g.headerReceived,
 	}
 	return g, nil
 }
@@ -103,15 +106,6 @@ func (g *Gateway) Panics() int64 { return g.panics.Load() }
 // Serve accepts connections on ln until Shutdown.
 func (g *Gateway) Serve(ln net.Listener) error {
 	return g.server.Serve(ln)
-}
-
-// Shutdown stops accepting, refuses queued and new requests with 503, and
-// waits for in-flight responses until ctx ends.
-func (g *Gateway) Shutdown(ctx context.Context) error {
-	if g.draining.CompareAndSwap(false, true) {
-		close(g.closing)
-	}
-	return g.server.ShutdownWithContext(ctx)
 }
 
 func (g *Gateway) observe(x *exchange, dur time.Duration) {
@@ -138,8 +132,7 @@ func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 	handedOff := false
 	defer func() {
 		if r := recover(); r != nil {
-			g.panics.Add(1)
-			g.log.Error().Str("correlation_id", x.id).Interface("panic", r).Bytes("stack", debug.Stack()).Msg("handler panic recovered")
+			g.recovered(x, r)
 			writeError(ctx, x.route.family, errInternal, x.id)
 			x.status, x.outcome = errInternal.status, errInternal.outcome
 			handedOff = false
@@ -153,6 +146,9 @@ func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 		}
 	}()
 
+	if g.faultHook != nil {
+		g.faultHook("handler")
+	}
 	if x.route.family == familyProbe {
 		if !ctx.IsGet() && !ctx.IsHead() {
 			g.reject(ctx, x, apiError{405, "method_not_allowed", "use GET", outcomeClientError, ""})
@@ -165,6 +161,15 @@ func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 	}
 	if bad := ctx.Request.Header.RequestURI(); bytes.IndexByte(bad, '\\') >= 0 || bytes.Contains(bad, []byte("%00")) {
 		g.reject(ctx, x, apiError{400, "invalid_path", "the request path is not allowed", outcomeClientError, ""})
+		return
+	}
+	if ctx.Request.Header.ContentLength() == -1 && x.route.name != "/api/blobs/:digest" {
+		// Chunked bodies (or Content-Length together with
+		// Transfer-Encoding, which fasthttp reads as chunked) are refused
+		// on routes whose real clients always send a length: a front proxy
+		// that framed the request by Content-Length would desync (B-24).
+		g.reject(ctx, x, apiError{411, "length_required", "send the body with a Content-Length", outcomeClientError, ""})
+		ctx.SetConnectionClose()
 		return
 	}
 	res, key, fromAuthz := g.keys.Load().check(&ctx.Request.Header)
@@ -244,9 +249,27 @@ func (g *Gateway) serveError(ctx *fasthttp.RequestCtx, err error) {
 	x.finish()
 }
 
+// bodyLimit is the request body cap of the route a request line names.
+// fasthttp calls it before reading the body, so an oversized /chat body
+// with an honest Content-Length gets 413 without being read.
+func (g *Gateway) bodyLimit(h *fasthttp.RequestHeader) int {
+	path := h.RequestURI()
+	if i := bytes.IndexByte(path, '?'); i >= 0 {
+		path = path[:i]
+	}
+	if string(path) == "/chat" {
+		return g.chat.MaxBodyBytes
+	}
+	return g.cfg.MaxBodyBytes
+}
+
+func (g *Gateway) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
+	return fasthttp.RequestConfig{MaxRequestBodySize: g.bodyLimit(h)}
+}
+
 // expect refuses an oversized body before fasthttp sends 100 Continue.
 func (g *Gateway) expect(ctx *fasthttp.RequestCtx) int {
-	if cl := ctx.Request.Header.ContentLength(); cl > g.server.MaxRequestBodySize {
+	if cl := ctx.Request.Header.ContentLength(); cl > g.bodyLimit(&ctx.Request.Header) {
 		return fasthttp.StatusRequestEntityTooLarge
 	}
 	return fasthttp.StatusContinue

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -39,24 +41,62 @@ type stream struct {
 	// ended: nothing more will be read from upstream; clean: it ended with
 	// a proper end of stream (not an error or a gateway-made terminal record).
 	ended, clean bool
+	// deadline is the route's maximum duration (zero: none).
+	deadline time.Time
+	// aborted is set by a drain that outlived gateway.drain_timeout.
+	aborted atomic.Bool
+	// mu orders an abort against the stream's close, so an interrupt can
+	// never reach a connection already handed back to the pool.
+	mu     sync.Mutex
+	closed bool
 }
 
 func (g *Gateway) newStream(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Response, release func(), sse bool, translate translator) *stream {
-	return &stream{
+	s := &stream{
 		g: g, x: x, resp: resp, release: release, sse: sse, translate: translate,
 		fr:   newFramer(resp.BodyStream(), sse, g.cfg.MaxFrameBytes),
 		conn: ctx.Conn(),
 	}
+	if g.cfg.MaxStreamDuration > 0 && !x.route.manage {
+		s.deadline = x.start.Add(g.cfg.MaxStreamDuration)
+		pool.LimitBody(resp, s.deadline)
+	}
+	g.streams.add(s)
+	return s
 }
 
-func (s *stream) Read(p []byte) (int, error) {
+// abort ends the stream early with a shutting_down record (drain deadline).
+func (s *stream) abort() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closed {
+		s.aborted.Store(true)
+		pool.Interrupt(s.resp)
+	}
+}
+
+func (s *stream) Read(p []byte) (n int, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			// A bug must not take the process down, nor end the stream
+			// without a terminal record.
+			s.g.recovered(s.x, r)
+			s.ended = true
+			s.out, s.off = terminalFrame(s.x.route.family, s.sse, errInternal, s.x.id), 0
+			n, err = copy(p, s.out), nil
+			s.off = n
+		}
+	}()
+	if s.g.faultHook != nil {
+		s.g.faultHook("stream")
+	}
 	for s.off >= len(s.out) {
 		if s.ended {
 			return 0, io.EOF
 		}
 		s.nextFrame()
 	}
-	n := copy(p, s.out[s.off:])
+	n = copy(p, s.out[s.off:])
 	s.off += n
 	s.x.bytesOut += int64(n)
 	return n, nil
@@ -77,7 +117,14 @@ func (s *stream) nextFrame() {
 			s.out, s.off = nil, 0
 			return
 		}
-		s.fail(classifyBody(err))
+		switch {
+		case s.aborted.Load():
+			s.failWith(errShuttingDownStream)
+		case !s.deadline.IsZero() && !time.Now().Before(s.deadline):
+			s.failWith(errMaxDuration)
+		default:
+			s.fail(classifyBody(err))
+		}
 		return
 	}
 	x := s.x
@@ -127,11 +174,21 @@ func (s *stream) inspect(frame []byte) {
 // fail ends the stream with a terminal error record in its own framing.
 func (s *stream) fail(err error) {
 	e := upstreamError(err)
-	s.x.outcome = e.outcome
 	s.g.pool.NoteError()
 	s.g.log.Warn().Str("correlation_id", s.x.id).Str("outcome", e.outcome).Int("frames_out", s.x.frames).Err(err).Msg("upstream stream failed")
+	s.failWith(e)
+}
+
+// failWith ends the stream with e as its terminal record.
+func (s *stream) failWith(e apiError) {
+	s.x.outcome = e.outcome
 	s.out, s.off = terminalFrame(s.x.route.family, s.sse, e, s.x.id), 0
 }
+
+var (
+	errShuttingDownStream = apiError{503, "shutting_down", "the gateway is shutting down", outcomeShutdownAborted, ""}
+	errMaxDuration        = apiError{504, "max_duration", "the stream reached the gateway's maximum duration", outcomeMaxDuration, ""}
+)
 
 // CloseWithError is called once by the fasthttp server when it is done
 // with the body; writeErr is non-nil when writing to the client failed.
@@ -146,7 +203,12 @@ func (s *stream) CloseWithError(writeErr error) error {
 			s.g.pool.NoteClientDisconnect()
 		}
 	}
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	s.g.streams.remove(s)
 	_ = s.conn.SetWriteDeadline(time.Time{})
+	pool.ClearLimit(s.resp)
 	// Not read to EOF: fasthttp closes the upstream connection instead of
 	// pooling it, so Ollama sees its client leave and stops generating.
 	_ = s.resp.CloseBodyStream()

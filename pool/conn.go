@@ -2,6 +2,8 @@ package pool
 
 import (
 	"net"
+
+	"github.com/valyala/fasthttp"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,7 +24,10 @@ type conn struct {
 	// connection with a completed earlier exchange is "reused".
 	exchanges atomic.Int64
 	readBytes atomic.Int64
-	closeOnce sync.Once
+	// hardDeadline (unix nanoseconds, 0 = none) caps every read deadline:
+	// the request's maximum duration, or "now" to interrupt a blocked read.
+	hardDeadline atomic.Int64
+	closeOnce    sync.Once
 }
 
 // connAddr is conn's LocalAddr: it lets Do find, from a failed Response, the
@@ -48,8 +53,15 @@ func (c *conn) Read(b []byte) (int, error) {
 	if first {
 		d = c.p.up.FirstByteTimeout
 	}
+	var deadline time.Time
 	if d > 0 {
-		_ = c.Conn.SetReadDeadline(time.Now().Add(d))
+		deadline = time.Now().Add(d)
+	}
+	if hd := c.hardDeadline.Load(); hd != 0 && (deadline.IsZero() || hd < deadline.UnixNano()) {
+		deadline = time.Unix(0, hd)
+	}
+	if !deadline.IsZero() {
+		_ = c.Conn.SetReadDeadline(deadline)
 	}
 	n, err := c.Conn.Read(b)
 	if n > 0 {
@@ -73,6 +85,40 @@ func (c *conn) Close() error {
 // a stale keep-alive connection provably never delivered the request.
 func (c *conn) reusedAndSilent() bool {
 	return c.exchanges.Load() > 0 && c.readBytes.Load() == 0
+}
+
+// connOf finds the connection a response was read from.
+func connOf(resp *fasthttp.Response) *conn {
+	if ca, ok := resp.LocalAddr().(connAddr); ok {
+		return ca.c
+	}
+	return nil
+}
+
+// LimitBody caps the reads of resp's streamed body at t: once it passes,
+// the next read fails with a timeout, however steadily the upstream sends.
+// This is the per-route maximum duration, the backstop to the idle clock.
+func LimitBody(resp *fasthttp.Response, t time.Time) {
+	if c := connOf(resp); c != nil {
+		c.hardDeadline.Store(t.UnixNano())
+	}
+}
+
+// Interrupt makes a read of resp's streamed body, blocked or next, fail at
+// once with a timeout. It is safe from any goroutine (it only moves a
+// deadline), which is how a drain ends streams that outlive it.
+func Interrupt(resp *fasthttp.Response) {
+	if c := connOf(resp); c != nil {
+		c.hardDeadline.Store(time.Now().UnixNano())
+		_ = c.Conn.SetReadDeadline(time.Now())
+	}
+}
+
+// ClearLimit removes LimitBody's cap before the connection is reused.
+func ClearLimit(resp *fasthttp.Response) {
+	if c := connOf(resp); c != nil {
+		c.hardDeadline.Store(0)
+	}
 }
 
 func (p *Pool) dial(addr string) (net.Conn, error) {

@@ -1,0 +1,294 @@
+package gateway_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vega-gateway/vega-gateway/gateway"
+	"github.com/vega-gateway/vega-gateway/ollamatest"
+	"github.com/vega-gateway/vega-gateway/pool"
+)
+
+// rawExchange writes raw bytes to the gateway and reads until the server
+// closes or 2 s pass. It reports the response text and whether the
+// connection was closed by the server.
+func rawExchange(t *testing.T, addr, raw string) (string, bool) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, raw); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	b, err := io.ReadAll(c)
+	// EOF or a reset (the server closed with our unread bytes pending):
+	// either way the server closed; a timeout means it kept it open.
+	closed := err == nil || errors.Is(err, syscall.ECONNRESET)
+	return string(b), closed
+}
+
+func statusOf(resp string) string {
+	line, _, _ := strings.Cut(resp, "\r\n")
+	if f := strings.Fields(line); len(f) > 1 {
+		return f[1]
+	}
+	return ""
+}
+
+func TestFramingAndSmuggling(t *testing.T) {
+	e := startEnv(t, envOptions{})
+	addr := strings.TrimPrefix(e.url, "http://")
+	body := `{"model":"llama3.2","stream":false,"messages":[{"role":"user","content":"hi"}]}`
+	for _, tc := range []struct {
+		name, raw, status string
+	}{
+		{"CL and TE", "POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "411"},
+		{"TE and CL", "POST /api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "411"},
+		{"chunked body on inference route", "POST /chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "411"},
+		{"two content lengths", "POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nhello", "400"},
+		{"bad content length", "POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 21000000000000000000\r\n\r\n", "400"},
+		{"bad chunk size", "POST /api/blobs/sha256:x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", "400"},
+		{"space before colon", "POST /api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n", "400"},
+		{"unknown transfer encoding", "POST /api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "400"},
+		{"header with control byte", "GET /api/tags HTTP/1.1\r\nHost: x\r\nX-Correlation-ID: a\x00b\r\n\r\n", "400"},
+		{"two hosts", "GET /api/tags HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", "400"},
+		{"request line over the header buffer", "GET /api/tags?" + strings.Repeat("a", 20000) + " HTTP/1.1\r\nHost: x\r\n\r\n", "431"},
+		{"headers over the buffer", "GET /api/tags HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 20000) + "\r\n\r\n", "431"},
+		{"backslash path", "GET /api\\tags HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "400"},
+		{"NUL in path", "GET /api/tags%00 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "400"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := e.fake.Stats().Requests
+			resp, closed := rawExchange(t, addr, tc.raw)
+			if got := statusOf(resp); got != tc.status {
+				t.Fatalf("status %q, want %s: %q", got, tc.status, resp)
+			}
+			if !closed && !strings.Contains(tc.name, "path") {
+				t.Fatalf("connection left open after a framing error: %q", resp)
+			}
+			if !strings.Contains(resp, "X-Correlation-Id") && !strings.Contains(resp, "X-Correlation-ID") {
+				t.Fatalf("no correlation ID: %q", resp)
+			}
+			if e.fake.Stats().Requests != before {
+				t.Fatal("the bad request reached the upstream")
+			}
+		})
+	}
+	t.Run("pipelined request authenticates on its own", func(t *testing.T) {
+		k := startEnv(t, envOptions{auth: gateway.AuthConfig{APIKeys: []string{"pipe-key-0123456789abcdef0123456789"}}})
+		raw := "GET /api/tags HTTP/1.1\r\nHost: x\r\nX-API-Key: pipe-key-0123456789abcdef0123456789\r\n\r\n" +
+			"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: " + itoa(len(body)) + "\r\nConnection: close\r\n\r\n" + body
+		resp, _ := rawExchange(t, strings.TrimPrefix(k.url, "http://"), raw)
+		if strings.Count(resp, "HTTP/1.1 200") != 1 || strings.Count(resp, "HTTP/1.1 401") != 1 {
+			t.Fatalf("want one 200 and one 401: %q", resp)
+		}
+		if k.fake.Stats().Requests != 1 {
+			t.Fatalf("fake saw %d requests", k.fake.Stats().Requests)
+		}
+	})
+}
+
+func itoa(n int) string { return strings.TrimSpace(strings.Repeat(" ", 0) + fmtInt(n)) }
+
+func fmtInt(n int) string {
+	if n == 0 {
+		return "0"
+	}
+	var b []byte
+	for ; n > 0; n /= 10 {
+		b = append([]byte{byte('0' + n%10)}, b...)
+	}
+	return string(b)
+}
+
+func TestClocks(t *testing.T) {
+	t.Run("slow-loris request read", func(t *testing.T) {
+		e := startEnv(t, envOptions{gateway: gateway.Config{ReadTimeout: 200 * time.Millisecond}})
+		c, err := net.Dial("tcp", strings.TrimPrefix(e.url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		io.WriteString(c, "POST /chat HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"pro")
+		start := time.Now()
+		_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		b, _ := io.ReadAll(c)
+		if statusOf(string(b)) != "408" || time.Since(start) > 2*time.Second {
+			t.Fatalf("after %s: %q", time.Since(start), b)
+		}
+	})
+	t.Run("max stream duration", func(t *testing.T) {
+		e := startEnv(t, envOptions{
+			fake:    ollamatest.Config{TokenDelay: 20 * time.Millisecond},
+			gateway: gateway.Config{MaxStreamDuration: 300 * time.Millisecond},
+		})
+		st, _, body := e.do("POST", "/api/chat", `{"model":"fault:infinite","messages":[{"role":"user","content":"hi"}]}`, nil)
+		lines := strings.Split(strings.TrimSpace(string(body)), "\n")
+		last := decodeJSON(t, []byte(lines[len(lines)-1]))
+		if st != 200 || len(lines) < 3 || last["code"] != "max_duration" {
+			t.Fatalf("status %d, %d lines, last %v", st, len(lines), last)
+		}
+		waitFor(t, 2*time.Second, "upstream closed", func() bool { return e.fake.Stats().ConnsOpen == 0 })
+	})
+	t.Run("trickle is not cut by the idle clock", func(t *testing.T) {
+		e := startEnv(t, envOptions{
+			fake:     ollamatest.Config{TokenDelay: 50 * time.Millisecond},
+			upstream: pool.UpstreamConfig{IdleTimeout: 200 * time.Millisecond},
+			gateway:  gateway.Config{MaxStreamDuration: 600 * time.Millisecond},
+		})
+		_, _, body := e.do("POST", "/api/chat", `{"model":"fault:trickle","messages":[{"role":"user","content":"hi"}]}`, nil)
+		if !strings.Contains(string(body), `"code":"max_duration"`) {
+			t.Fatalf("want max_duration (not idle timeout): %q", body)
+		}
+	})
+	t.Run("client that stops reading", func(t *testing.T) {
+		e := startEnv(t, envOptions{
+			fake:    ollamatest.Config{Tokens: 1 << 20},
+			gateway: gateway.Config{WriteIdleTimeout: 200 * time.Millisecond},
+		})
+		c, err := net.Dial("tcp", strings.TrimPrefix(e.url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.(*net.TCPConn).SetReadBuffer(4096)
+		b := `{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}`
+		io.WriteString(c, "POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: "+itoa(len(b))+"\r\n\r\n"+b)
+		// Never read: the gateway must give up and free the upstream.
+		waitFor(t, 10*time.Second, "upstream freed", func() bool {
+			s := e.pool.Snapshot()
+			return s.RequestsInFlight == 0 && e.fake.Stats().ConnsOpen == 0
+		})
+	})
+}
+
+func TestStaleKeepAliveIsRetriedOnce(t *testing.T) {
+	e := startEnv(t, envOptions{
+		fake: ollamatest.Config{IdleTimeout: 100 * time.Millisecond},
+		pool: pool.Config{MaxIdleConnDuration: time.Minute},
+	})
+	for i := 0; i < 3; i++ {
+		st, _, body := e.do("POST", "/api/chat", `{"model":"llama3.2","stream":false,"messages":[{"role":"user","content":"hi"}]}`, nil)
+		if st != 200 {
+			t.Fatalf("request %d: %d %s", i, st, body)
+		}
+		time.Sleep(250 * time.Millisecond) // the fake closes the idle connection
+	}
+	if s := e.pool.Snapshot(); s.Errors != 0 {
+		t.Fatalf("pool errors %d (retries %d)", s.Errors, s.Retries)
+	}
+}
+
+func TestPanicsAreContained(t *testing.T) {
+	e := startEnv(t, envOptions{})
+	where := make(chan string, 1)
+	gateway.SetFaultHook(e.gw, func(w string) {
+		select {
+		case target := <-where:
+			if target == w {
+				panic("injected fault in " + w)
+			}
+			where <- target
+		default:
+		}
+	})
+	where <- "handler"
+	st, _, body := e.do("GET", "/api/tags", "", nil)
+	if st != 500 || decodeJSON(t, body)["code"] != "internal_error" || strings.Contains(string(body), "injected") {
+		t.Fatalf("handler panic: %d %s", st, body)
+	}
+	where <- "stream"
+	st, _, body = e.do("POST", "/api/chat", `{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}`, nil)
+	if st != 200 || !strings.Contains(string(body), `"code":"internal_error"`) || strings.Contains(string(body), `"done":true`) {
+		t.Fatalf("stream panic: %d %q", st, body)
+	}
+	if st, _, _ := e.do("GET", "/api/tags", "", nil); st != 200 {
+		t.Fatalf("still serving? %d", st)
+	}
+	if e.gw.Panics() != 2 || !strings.Contains(e.logs.String(), "goroutine") {
+		t.Fatalf("panics=%d; stack logged=%v", e.gw.Panics(), strings.Contains(e.logs.String(), "goroutine"))
+	}
+}
+
+func TestDrain(t *testing.T) {
+	e := startEnv(t, envOptions{fake: ollamatest.Config{Tokens: 1000, TokenDelay: 20 * time.Millisecond}})
+	resp, err := http.Post(e.url+"/v1/chat/completions", "application/json", strings.NewReader(`{"model":"llama3.2","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	r := bufio.NewReader(resp.Body)
+	if _, err := r.ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- e.gw.Shutdown(ctx) }()
+	rest, _ := io.ReadAll(r)
+	if strings.Contains(string(rest), "[DONE]") || !strings.Contains(string(rest), `"code":"shutting_down"`) {
+		t.Fatalf("drained stream did not end with shutting_down: ...%q", tail(string(rest), 300))
+	}
+	if err := <-done; err == nil {
+		t.Fatal("Shutdown reported a clean drain although a stream was aborted")
+	}
+	waitFor(t, 2*time.Second, "upstream closed", func() bool { return e.fake.Stats().ConnsOpen == 0 })
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// TestSecretsNeverLeak plants a distinctive key and prompt, drives error
+// paths, and fails if either shows up in any log line or response.
+func TestSecretsNeverLeak(t *testing.T) {
+	key := "canary-key-" + ollamatest.ReplyText(1) + "-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
+	key = strings.ReplaceAll(key, " ", "")
+	const prompt = "canary-prompt-5b2c9e1f7a"
+	e := startEnv(t, envOptions{auth: gateway.AuthConfig{APIKeys: []string{key}}, upstream: pool.UpstreamConfig{FirstByteTimeout: 200 * time.Millisecond}})
+	var bodies strings.Builder
+	add := func(_ int, h http.Header, b []byte) {
+		bodies.Write(b)
+		for k, v := range h {
+			bodies.WriteString(k + ": " + strings.Join(v, ",") + "\n")
+		}
+	}
+	good := map[string]string{"X-API-Key": key}
+	add(e.do("POST", "/chat", `{"prompt":"`+prompt+`"}`, good))
+	add(e.do("POST", "/chat", `{"prompt":"`+prompt+`","bogus":1}`, good))
+	add(e.do("POST", "/chat", `{"prompt":"`+prompt+`"`, good))
+	add(e.do("POST", "/chat", `{"prompt":"`+prompt+`","model":"fault:hang"}`, good))
+	add(e.do("POST", "/chat", `{"prompt":"`+prompt+`","model":"fault:fail_status=500"}`, good))
+	add(e.do("POST", "/api/chat", `{"model":"fault:die_after=1","messages":[{"role":"user","content":"`+prompt+`"}]}`, good))
+	add(e.do("GET", "/api/tags", "", map[string]string{"X-API-Key": key + "x"}))
+	add(e.do("GET", "/api/tags", "", map[string]string{"Authorization": "Bearer " + key, "X-API-Key": "other"}))
+	add(e.do("GET", "/api/tags?api_key="+url.QueryEscape(key), "", nil))
+	resp, _ := rawExchange(t, strings.TrimPrefix(e.url, "http://"), "GET /api/tags HTTP/1.1\r\nHost: x\r\nX-API-Key: "+key+"\r\nX-Bad: a\x01b\r\n\r\n")
+	bodies.WriteString(resp)
+	resp, _ = rawExchange(t, strings.TrimPrefix(e.url, "http://"), "GET /api/tags HTTP/1.1\r\nHost: x\r\nX-API-Key: "+key+"\r\nX-Big: "+strings.Repeat("b", 20000)+"\r\n\r\n")
+	bodies.WriteString(resp)
+	time.Sleep(100 * time.Millisecond)
+	all := e.logs.String() + bodies.String()
+	for _, secret := range []string{key, base64.StdEncoding.EncodeToString([]byte(key)), url.QueryEscape(key), prompt} {
+		if strings.Contains(all, secret) {
+			i := strings.Index(all, secret)
+			t.Fatalf("secret %q leaked near: %q", secret[:12], all[max(0, i-100):i])
+		}
+	}
+}
