@@ -13,6 +13,7 @@ import (
 
 	"github.com/vega-gateway/vega-gateway/admin"
 	"github.com/vega-gateway/vega-gateway/gateway"
+	"github.com/vega-gateway/vega-gateway/metrics"
 	"github.com/vega-gateway/vega-gateway/pool"
 )
 
@@ -52,6 +53,7 @@ type config struct {
 	Auth     gateway.AuthConfig `mapstructure:"auth"`
 	Chat     gateway.ChatConfig `mapstructure:"chat"`
 	Log      logConfig          `mapstructure:"log"`
+	Metrics  metrics.Config     `mapstructure:"metrics"`
 }
 
 // defaults lists every key with its default. Each default comes from the
@@ -97,6 +99,9 @@ func defaults() map[string]any {
 		"log.max_size_mb":             100,
 		"log.max_backups":             5,
 		"log.buffer_lines":            10000,
+		"metrics.models":              []string{},
+		"metrics.max_models":          metrics.DefaultMaxModels,
+		"metrics.cold_load_threshold": metrics.DefaultColdLoadThreshold,
 	}
 }
 

@@ -110,6 +110,14 @@ func newApp(cfg config, log zerolog.Logger) (*app, error) {
 	if !adminRing.Open() {
 		src.Authorize = adminRing.Allowed
 	}
+	obs, err := newObservability(cfg.Metrics, p)
+	if err != nil {
+		return nil, err
+	}
+	obs.SetStreamsSource(gw.Streams)
+	gw.SetObserver(obs.Observe)
+	src.Stats = func() any { return obs.Stats() }
+	src.Metrics = obs.Handler()
 	a.admin, err = admin.New(cfg.Admin, src, log)
 	if err != nil {
 		return nil, err

@@ -112,6 +112,11 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx) {
 		}
 		return
 	}
+	// The page holds no data (it fetches the JSON routes with the key the
+	// operator types in), so a browser can load it without a key.
+	if (ctx.IsGet() || ctx.IsHead()) && s.servePage(ctx, path) {
+		return
+	}
 	if s.src.Authorize != nil && !s.src.Authorize(ctx) {
 		ctx.Response.Header.Set("WWW-Authenticate", "Bearer")
 		writeJSONError(ctx, 401, "unauthorized", "missing or invalid admin API key")
@@ -138,9 +143,7 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx) {
 		}
 		s.src.Metrics(ctx)
 	default:
-		if !s.servePage(ctx, path) {
-			writeJSONError(ctx, 404, "not_found", "no such admin route")
-		}
+		writeJSONError(ctx, 404, "not_found", "no such admin route")
 	}
 }
 

@@ -110,10 +110,45 @@ func readFinalChunk(x *exchange, frame []byte) {
 	if json.Unmarshal(frame, &c) != nil || !c.Done {
 		return
 	}
+	x.noteFinal(&c)
+}
+
+func (x *exchange) noteFinal(c *ollamaChunk) {
 	x.doneReason = c.DoneReason
 	x.promptTokens, x.completionTokens = c.PromptEvalCount, c.EvalCount
+	x.loadDuration, x.evalDuration = time.Duration(c.LoadDuration), time.Duration(c.EvalDuration)
 	if c.Model != "" && x.model == "" {
 		x.model = c.Model
+	}
+}
+
+// openAIUsage is the part of an OpenAI completion (or usage chunk) the
+// gateway reads for telemetry.
+type openAIUsage struct {
+	Model   string `json:"model"`
+	Choices []struct {
+		FinishReason *string `json:"finish_reason"`
+	} `json:"choices"`
+	Usage *struct {
+		PromptTokens     int64 `json:"prompt_tokens"`
+		CompletionTokens int64 `json:"completion_tokens"`
+	} `json:"usage"`
+}
+
+// readOpenAIUsage records usage and finish_reason from an OpenAI body or
+// SSE data payload.
+func readOpenAIUsage(x *exchange, body []byte) {
+	var u openAIUsage
+	if json.Unmarshal(body, &u) != nil {
+		return
+	}
+	if u.Usage != nil {
+		x.promptTokens, x.completionTokens = u.Usage.PromptTokens, u.Usage.CompletionTokens
+	}
+	for _, c := range u.Choices {
+		if c.FinishReason != nil && *c.FinishReason != "" {
+			x.doneReason = *c.FinishReason
+		}
 	}
 }
 
@@ -218,7 +253,7 @@ func (g *Gateway) chatReply(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthtt
 		g.reject(ctx, x, apiError{502, "upstream_protocol_error", "the upstream sent a malformed reply", outcomeUpstreamProtocol, ""})
 		return
 	}
-	x.doneReason, x.promptTokens, x.completionTokens = c.DoneReason, c.PromptEvalCount, c.EvalCount
+	x.noteFinal(&c)
 	out, _ := json.Marshal(ChatResponse{
 		Response: c.Message.Content, Model: c.Model, DoneReason: c.DoneReason, CorrelationID: x.id,
 		Usage: c.usage(), Timings: c.timings(),
@@ -272,6 +307,7 @@ func translateChat(s *stream, frame []byte) ([]byte, bool, error) {
 		return append(b, '\n'), false, nil
 	}
 	if c.Done {
+		s.x.noteFinal(&c)
 		b, _ := json.Marshal(chatDone{Done: true, DoneReason: c.DoneReason, Usage: c.usage(), Timings: c.timings(), CorrelationID: s.x.id})
 		return append(b, '\n'), true, nil
 	}

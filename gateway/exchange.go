@@ -43,6 +43,7 @@ type exchange struct {
 	// telemetry from the final chunk of an Ollama stream or reply
 	promptTokens, completionTokens int64
 	doneReason                     string
+	loadDuration, evalDuration     time.Duration
 }
 
 var exchangePool = sync.Pool{New: func() any { return new(exchange) }}

@@ -6,6 +6,8 @@ import (
 	"io"
 	"strings"
 	"testing"
+
+	"github.com/valyala/fasthttp"
 )
 
 // chunkedReader returns src in pieces cut at the given points.
@@ -154,4 +156,56 @@ func TestClassify(t *testing.T) {
 			t.Errorf("%s: %+v", tc.path, r)
 		}
 	}
+}
+
+func FuzzAuthHeaders(f *testing.F) {
+	const key = "fuzz-key-0123456789abcdef0123456789"
+	f.Add("", "")
+	f.Add(key, "")
+	f.Add("", "Bearer "+key)
+	f.Add(key, "Bearer other")
+	f.Add("", "bearer  "+key)
+	f.Add("", "Basic "+key)
+	f.Fuzz(func(t *testing.T, apiKey, authz string) {
+		kr, err := NewKeyring([]string{key}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var h fasthttp.RequestHeader
+		if apiKey != "" {
+			h.Set(HeaderAPIKey, apiKey)
+		}
+		if authz != "" {
+			h.Set(HeaderAuthorization, authz)
+		}
+		res, _, _ := kr.check(&h)
+		presented, _, ambiguous := credentials(&h)
+		want := !ambiguous && string(presented) == key
+		if (res == authOK) != want {
+			t.Fatalf("X-API-Key %q Authorization %q: result %d, want ok=%v", apiKey, authz, res, want)
+		}
+	})
+}
+
+func FuzzPathPolicy(f *testing.F) {
+	for _, s := range []string{"/api/pull", "/api/../api/pull", "/api/%2e%2e/pull", "//api/pull", "/api/./pull", "/API/PULL",
+		"/v1/..%2f..%2fapi/pull", "/api/blobs/sha256:x", "/chat", "/v1/models/x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, target string) {
+		var u fasthttp.URI
+		if u.Parse(nil, []byte(target)) != nil {
+			return
+		}
+		path := u.Path() // what the server routes on: normalised
+		r := classify(path)
+		if r != classify(append([]byte(nil), path...)) {
+			t.Fatal("classification is not a pure function of the path")
+		}
+		p := string(path)
+		isManage := p == "/api/pull" || p == "/api/push" || p == "/api/create" || p == "/api/copy" || p == "/api/delete" || strings.HasPrefix(p, "/api/blobs/")
+		if isManage != (r.scope() == scopeModelsManage) {
+			t.Fatalf("%q (normalised %q): scope %v", target, p, r.scope())
+		}
+	})
 }

@@ -49,6 +49,10 @@ type Record struct {
 	CompletionTokens int64
 	DoneReason       string
 	BytesOut         int64
+	// LoadDuration and EvalDuration are Ollama's load_duration and
+	// eval_duration from the final chunk (zero when not reported).
+	LoadDuration time.Duration
+	EvalDuration time.Duration
 }
 
 // New builds the gateway in front of the upstream pools (the first is used
@@ -116,6 +120,7 @@ func (g *Gateway) observe(x *exchange, dur time.Duration) {
 		Route: x.route.name, Method: x.method, Status: x.status, Outcome: x.outcome, Duration: dur,
 		TTFB: x.ttfb, TTFT: x.ttft, Streamed: x.streamed, Model: x.model, PromptTokens: x.promptTokens,
 		CompletionTokens: x.completionTokens, DoneReason: x.doneReason, BytesOut: x.bytesOut,
+		LoadDuration: x.loadDuration, EvalDuration: x.evalDuration,
 	})
 }
 

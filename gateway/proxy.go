@@ -148,6 +148,10 @@ func (g *Gateway) relay(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Re
 			ctx.Response.Header.Reset()
 			ctx.Response.Header.Set(trace.HeaderCorrelationID, x.id)
 			g.upstreamFailed(ctx, x, err)
+			return false
+		}
+		if x.status == fasthttp.StatusOK {
+			noteReplyTelemetry(x, ctx.Response.Body())
 		}
 		return false
 	}
@@ -196,4 +200,15 @@ func modelOf(body []byte) string {
 		return ""
 	}
 	return string(rest[1 : 1+end])
+}
+
+// noteReplyTelemetry reads token counts from a whole (non-streamed) reply
+// of an inference route.
+func noteReplyTelemetry(x *exchange, body []byte) {
+	switch x.route.name {
+	case "/api/chat", "/api/generate":
+		readFinalChunk(x, body)
+	case "/v1/chat/completions", "/v1/completions":
+		readOpenAIUsage(x, body)
+	}
 }

@@ -154,12 +154,22 @@ func (s *stream) nextFrame() {
 	}
 }
 
-var upstreamErrorPrefix = []byte(`{"error"`)
+var (
+	upstreamErrorPrefix = []byte(`{"error"`)
+	usageKey            = []byte(`"usage":{`)
+	finishReasonKey     = []byte(`"finish_reason":"`)
+	dataPrefix          = []byte("data:")
+)
 
 // inspect notes what a frame says about the request: an Ollama error line
 // mid-stream, and the final chunk's token counts.
 func (s *stream) inspect(frame []byte) {
 	if s.sse {
+		if bytes.Contains(frame, usageKey) || bytes.Contains(frame, finishReasonKey) {
+			if i := bytes.Index(frame, dataPrefix); i >= 0 {
+				readOpenAIUsage(s.x, bytes.TrimSpace(frame[i+len(dataPrefix):]))
+			}
+		}
 		return
 	}
 	if bytes.HasPrefix(frame, upstreamErrorPrefix) {
