@@ -338,3 +338,37 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+func TestScopedKeysFromEnv(t *testing.T) {
+	c, err := loadConfig("", nil, []string{`VEGA_AUTH_KEYS=[{"name":"ops","key":"ops-key-0123456789abcdef0123456789","scopes":["models:manage"]}]`})
+	if err != nil || len(c.Auth.Keys) != 1 || c.Auth.Keys[0].Name != "ops" || c.Auth.Keys[0].Scopes[0] != "models:manage" {
+		t.Fatalf("%+v %v", c.Auth.Keys, err)
+	}
+	_, err = loadConfig("", nil, []string{`VEGA_AUTH_KEYS=[{"name":"ops","key":"ops-key-secret-value","scope":["x"]}]`})
+	if err == nil || strings.Contains(err.Error(), "ops-key-secret-value") {
+		t.Fatalf("bad VEGA_AUTH_KEYS: %v", err)
+	}
+}
+
+// TestPortInUse: start-up fails with a message naming the key and binds
+// nothing (the admin port stays free).
+func TestPortInUse(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	admin := freeAddr(t)
+	cmd := exec.Command(os.Args[0], "serve")
+	cmd.Dir = t.TempDir()
+	cmd.Env = append(os.Environ(), "VEGA_TEST_RUN_MAIN=1", "VEGA_GATEWAY_LISTEN="+busy.Addr().String(), "VEGA_ADMIN_LISTEN="+admin, "VEGA_LOG_DIR=")
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "gateway.listen") {
+		t.Fatalf("err=%v output=%s", err, out)
+	}
+	ln, err := net.Listen("tcp", admin)
+	if err != nil {
+		t.Fatalf("admin port left bound: %v", err)
+	}
+	ln.Close()
+}

@@ -3,12 +3,15 @@ package gateway_test
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -290,5 +293,69 @@ func TestSecretsNeverLeak(t *testing.T) {
 			i := strings.Index(all, secret)
 			t.Fatalf("secret %q leaked near: %q", secret[:12], all[max(0, i-100):i])
 		}
+	}
+}
+
+func TestKeysFileReload(t *testing.T) {
+	dir := t.TempDir()
+	path := dir + "/keys.yaml"
+	const oldKey, newKey = "old-key-0123456789abcdef0123456789ab", "new-key-0123456789abcdef0123456789ab"
+	write := func(s string) {
+		if err := os.WriteFile(path, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("- name: alice\n  key: " + oldKey + "\n")
+	e := startEnv(t, envOptions{auth: gateway.AuthConfig{KeysFile: path}, fake: ollamatest.Config{Tokens: 50, TokenDelay: 10 * time.Millisecond}})
+	auth := func(k string) map[string]string { return map[string]string{"X-API-Key": k} }
+	if st, _, _ := e.do("GET", "/api/tags", "", auth(oldKey)); st != 200 {
+		t.Fatalf("old key before reload: %d", st)
+	}
+	// A stream opened before the reload finishes after it.
+	resp, err := http.DefaultClient.Do(mustRequest(t, "POST", e.url+"/api/chat", `{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}`, oldKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+
+	write(`[{"name":"bob","sha256":"` + sha256Hex(newKey) + `","scopes":["inference","models:read"]}]`)
+	if err := e.gw.ReloadKeys(); err != nil {
+		t.Fatal(err)
+	}
+	if st, _, _ := e.do("GET", "/api/tags", "", auth(oldKey)); st != 401 {
+		t.Fatalf("removed key after reload: %d", st)
+	}
+	if st, _, _ := e.do("GET", "/api/tags", "", auth(newKey)); st != 200 {
+		t.Fatalf("new key after reload: %d", st)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if !strings.Contains(string(body), `"done":true`) {
+		t.Fatalf("open stream cut by the reload: %q", tail(string(body), 200))
+	}
+	write("- name: broken\n  scopes: [everything]\n")
+	if err := e.gw.ReloadKeys(); err == nil || strings.Contains(err.Error(), newKey) {
+		t.Fatalf("bad file: %v", err)
+	}
+	if st, _, _ := e.do("GET", "/api/tags", "", auth(newKey)); st != 200 {
+		t.Fatalf("a failed reload must keep the previous keys: %d", st)
+	}
+}
+
+func sha256Hex(s string) string {
+	d := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(d[:])
+}
+
+func TestExpectContinue(t *testing.T) {
+	e := startEnv(t, envOptions{})
+	addr := strings.TrimPrefix(e.url, "http://")
+	resp, _ := rawExchange(t, addr, "POST /chat HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\nExpect: 100-continue\r\n\r\n")
+	if strings.Contains(resp, "100 Continue") || statusOf(resp) != "413" {
+		t.Fatalf("oversized Expect: %q", resp)
+	}
+	body := `{"prompt":"hi"}`
+	resp, _ = rawExchange(t, addr, "POST /chat HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: "+itoa(len(body))+"\r\n\r\n"+body)
+	if !strings.Contains(resp, "200 OK") {
+		t.Fatalf("small /chat: %q", resp)
 	}
 }
