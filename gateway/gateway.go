@@ -138,9 +138,13 @@ func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 	defer func() {
 		if r := recover(); r != nil {
 			g.recovered(x, r)
+			if x.streamed {
+				// The response already belongs to a stream, which will
+				// finish the exchange when the server closes it.
+				return
+			}
 			writeError(ctx, x.route.family, errInternal, x.id)
 			x.status, x.outcome = errInternal.status, errInternal.outcome
-			handedOff = false
 		}
 		if !handedOff {
 			if x.status == 0 {
