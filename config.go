@@ -71,6 +71,7 @@ func defaults() map[string]any {
 		"gateway.max_header_bytes":    gateway.DefaultMaxHeaderBytes,
 		"gateway.max_body_bytes":      gateway.DefaultMaxBodyBytes,
 		"gateway.max_frame_bytes":     gateway.DefaultMaxFrameBytes,
+		"gateway.model_allowlist":     []string{},
 		"admin.listen":                admin.DefaultListen,
 		"upstream.url":                pool.DefaultURL,
 		"upstream.default_model":      gateway.DefaultDefaultModel,

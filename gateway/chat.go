@@ -175,6 +175,10 @@ func (g *Gateway) serveChat(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	}
 	up := g.chatUpstreamBody(cr)
 	x.model = up.Model
+	if g.allowed != nil && !g.allowed[normalizeModel(up.Model)] {
+		g.reject(ctx, x, errModelNotAllowed)
+		return false
+	}
 	upBody, err := json.Marshal(up)
 	if err != nil {
 		panic(err) // strings, a bool and validated raw JSON: cannot fail

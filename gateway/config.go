@@ -52,6 +52,11 @@ type Config struct {
 	// MaxFrameBytes caps one NDJSON line or SSE event from the upstream
 	// (Ollama's Go client caps a line at 8 MiB). Default DefaultMaxFrameBytes.
 	MaxFrameBytes int `mapstructure:"max_frame_bytes"`
+	// ModelAllowlist, when not empty, is the only models inference routes
+	// may name; any other (a typo, a cloud model, a registry path) gets 403
+	// model_not_allowed, so prompts cannot leave the box through a model
+	// the operator did not choose. Empty: Ollama decides (404 if missing).
+	ModelAllowlist []string `mapstructure:"model_allowlist"`
 	// DefaultModel is the model /chat uses when a request names none
 	// (config key upstream.default_model). Default DefaultDefaultModel.
 	DefaultModel string `mapstructure:"-"`

@@ -28,6 +28,8 @@ type Gateway struct {
 	closing  chan struct{}
 	panics   atomic.Int64
 	streams  streamSet
+	// allowed is the model allowlist (nil: any model), names normalised.
+	allowed map[string]bool
 	// faultHook, when set (tests only), is called at named points of the
 	// request path so tests can inject panics.
 	faultHook func(where string)
@@ -74,6 +76,12 @@ func New(cfg Config, chat ChatConfig, auth AuthConfig, pools []*pool.Pool, log z
 		return nil, err
 	}
 	g := &Gateway{cfg: cfg, chat: chat, auth: auth, pool: pools[0], log: log, closing: make(chan struct{})}
+	for _, m := range cfg.ModelAllowlist {
+		if g.allowed == nil {
+			g.allowed = map[string]bool{}
+		}
+		g.allowed[normalizeModel(m)] = true
+	}
 	g.keys.Store(keys)
 	g.server = &fasthttp.Server{
 		Handler:                      g.serve,

@@ -2,7 +2,9 @@ package gateway
 
 import (
 	"bytes"
+	"encoding/json"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -54,6 +56,23 @@ func hasMediaType(ct, mt []byte) bool {
 // response was handed to a stream that will finish the exchange.
 func (g *Gateway) proxy(ctx *fasthttp.RequestCtx, x *exchange, keyInAuthorization bool) bool {
 	x.model = modelOf(ctx.Request.Body())
+	if g.allowed != nil && ctx.IsPost() && x.route.scope() == scopeInference {
+		// Decided with encoding/json, as Ollama decodes the body (last
+		// duplicate wins, keys case-insensitive), so a crafted body cannot
+		// show the check one model and Ollama another.
+		var b struct {
+			Model string `json:"model"`
+			Name  string `json:"name"`
+		}
+		_ = json.Unmarshal(ctx.Request.Body(), &b)
+		if b.Model == "" {
+			b.Model = b.Name
+		}
+		if !g.allowed[normalizeModel(b.Model)] {
+			g.reject(ctx, x, errModelNotAllowed)
+			return false
+		}
+	}
 	release, waited, err := g.pool.Acquire(g.closing)
 	x.queueWait = waited
 	if err != nil {
@@ -211,4 +230,16 @@ func noteReplyTelemetry(x *exchange, body []byte) {
 	case "/v1/chat/completions", "/v1/completions":
 		readOpenAIUsage(x, body)
 	}
+}
+
+var errModelNotAllowed = apiError{403, "model_not_allowed", "this model is not allowed on this gateway", outcomeClientError, ""}
+
+// normalizeModel makes "llama3.2" and "llama3.2:latest" the same name, as
+// Ollama does.
+func normalizeModel(m string) string {
+	m = strings.ToLower(strings.TrimSpace(m))
+	if m != "" && !strings.Contains(m[strings.LastIndex(m, "/")+1:], ":") {
+		m += ":latest"
+	}
+	return m
 }

@@ -359,3 +359,30 @@ func TestExpectContinue(t *testing.T) {
 		t.Fatalf("small /chat: %q", resp)
 	}
 }
+
+func TestModelAllowlist(t *testing.T) {
+	e := startEnv(t, envOptions{gateway: gateway.Config{ModelAllowlist: []string{"llama3.2"}}})
+	for _, tc := range []struct {
+		name, path, body string
+		status           int
+	}{
+		{"allowed", "/api/chat", `{"model":"llama3.2:latest","stream":false,"messages":[{"role":"user","content":"hi"}]}`, 200},
+		{"other model", "/api/chat", `{"model":"qwen2.5:0.5b","stream":false,"messages":[]}`, 403},
+		{"cloud model", "/v1/chat/completions", `{"model":"gpt-oss:120b-cloud","messages":[]}`, 403},
+		{"duplicate key trick", "/api/chat", `{"model":"llama3.2","model":"qwen2.5:0.5b","messages":[]}`, 403},
+		{"case trick", "/api/generate", `{"model":"llama3.2","MODEL":"qwen2.5:0.5b","prompt":"x"}`, 403},
+		{"chat default model", "/chat", `{"prompt":"hi"}`, 200},
+		{"chat other model", "/chat", `{"prompt":"hi","model":"qwen2.5:0.5b"}`, 403},
+		{"reads are not limited", "/api/show", `{"model":"qwen2.5:0.5b"}`, 200},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st, _, body := e.do("POST", tc.path, tc.body, nil)
+			if st != tc.status {
+				t.Fatalf("status %d, want %d: %s", st, tc.status, body)
+			}
+			if st == 403 && !strings.Contains(string(body), "model_not_allowed") {
+				t.Fatalf("body %s", body)
+			}
+		})
+	}
+}
