@@ -45,6 +45,6 @@ const usage = `usage:
   vega-gateway serve [--config FILE] [--demo] [--log-level LEVEL]
       start the gateway (config: FILE, else ./config.yaml, else defaults; then VEGA_* env; then flags)
   vega-gateway healthcheck [--url URL]
-      exit 0 if URL (default http://127.0.0.1:8000/healthz) answers 200 within 2s
+      exit 0 if URL (default http://127.0.0.1:<port of VEGA_GATEWAY_LISTEN, else 8000>/healthz) answers 200 within 2s
   vega-gateway version
 `

@@ -372,3 +372,14 @@ func TestPortInUse(t *testing.T) {
 	}
 	ln.Close()
 }
+
+func TestDefaultHealthURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"": "http://127.0.0.1:8000/healthz", ":9000": "http://127.0.0.1:9000/healthz",
+		"0.0.0.0:8080": "http://127.0.0.1:8080/healthz", "[::]:7000": "http://127.0.0.1:7000/healthz",
+	} {
+		if got := defaultHealthURL(in); got != want {
+			t.Errorf("%q: %q, want %q", in, got, want)
+		}
+	}
+}

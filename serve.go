@@ -219,7 +219,7 @@ func healthMessage(ch pool.HealthChange) string {
 func healthcheckCommand(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("healthcheck", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	url := fs.String("url", "http://127.0.0.1:8000/healthz", "URL to probe")
+	url := fs.String("url", defaultHealthURL(os.Getenv("VEGA_GATEWAY_LISTEN")), "URL to probe (default: the port of VEGA_GATEWAY_LISTEN, else 8000)")
 	timeout := fs.Duration("timeout", 2*time.Second, "probe timeout")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -234,4 +234,15 @@ func healthcheckCommand(args []string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// defaultHealthURL probes the data listener's port on loopback, so a
+// container that moves the port with VEGA_GATEWAY_LISTEN keeps a working
+// HEALTHCHECK without a shell to rewrite the command.
+func defaultHealthURL(listen string) string {
+	port := "8000"
+	if _, p, err := net.SplitHostPort(listen); err == nil && p != "" {
+		port = p
+	}
+	return "http://127.0.0.1:" + port + "/healthz"
 }
