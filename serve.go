@@ -140,6 +140,12 @@ func (a *app) run(sigs, hup <-chan os.Signal) int {
 	if a.gw.Open() {
 		log.Warn().Msg("auth.api_keys is empty: the gateway is open to anyone who can reach it")
 	}
+	for _, k := range append(append([]string(nil), a.cfg.Auth.APIKeys...), a.cfg.Auth.AdminAPIKeys...) {
+		if len(k) < 32 {
+			log.Warn().Msg("an API key is shorter than 32 characters: use long random keys (openssl rand -hex 32)")
+			break
+		}
+	}
 	log.Info().Str("gateway", a.gwLn.Addr().String()).Str("admin", a.adminLn.Addr().String()).
 		Str("upstream", a.pool.URL()).Str("version", version).Msg("vega-gateway started")
 
