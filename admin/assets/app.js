@@ -58,6 +58,11 @@
         if (j === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
       });
       ctx.stroke();
+      if (s.length) { // mark the latest value: a chart with few samples is otherwise a speck
+        var lx = padL + cw, ly = 8 + ch - ch * s[s.length - 1] / top;
+        ctx.setLineDash([]); ctx.fillStyle = colors[n] || "#d8dee6";
+        ctx.beginPath(); ctx.arc(lx, ly, 3, 0, 2 * Math.PI); ctx.fill();
+      }
       var item = document.createElement("span"), swatch = document.createElement("i");
       swatch.style.background = colors[n] || "#d8dee6"; // CSSOM, allowed by the CSP
       item.appendChild(swatch);
@@ -65,6 +70,8 @@
       legend.appendChild(item);
     });
     ctx.setLineDash([]);
+    // For tests and curious operators: how many samples the chart plots.
+    c.dataset.points = String(names.reduce(function (n, k) { return Math.max(n, series[group][k].length); }, 0));
   }
 
   function niceCeil(v) {
@@ -91,9 +98,11 @@
     push("pool", "active", p.connections_active || 0);
     push("pool", "idle", p.connections_idle || 0);
     push("pool", "waiting", p.requests_waiting || 0);
-    var now = performance.now();
+    // Rates use the server's clock: the interval between the two counter
+    // readings, not between two timers of a possibly throttled tab.
+    var now = st.uptime_seconds != null ? st.uptime_seconds * 1000 : performance.now();
     var errs = (st.requests_by_status_class || {})["5xx"] || 0;
-    if (prev) {
+    if (prev && now > prev.at) {
       var dt = (now - prev.at) / 1000;
       push("rps", "rps", Math.max(0, (st.requests_total - prev.total) / dt));
       push("rps", "errors", Math.max(0, (errs - prev.errs) / dt));
