@@ -1,0 +1,236 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// The load generator is closed-loop: each worker sends its next request
+// when the previous one is done, over its own keep-alive connection. Every
+// loop stops at a deadline and at a request cap, and every request has a
+// timeout, so a stuck server ends the case instead of the benchmark.
+
+var (
+	chatBody   = []byte(`{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"stream":false}`)
+	streamBody = []byte(`{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}`)
+	doneTrue   = []byte(`"done":true`)
+)
+
+const (
+	// maxRequestsPerWorker caps a worker's requests in one case.
+	maxRequestsPerWorker = 2_000_000
+	// requestTimeout bounds one request, or one whole stream.
+	requestTimeout = 10 * time.Second
+)
+
+func newClient(addr string, conns int, stream bool) *fasthttp.HostClient {
+	return &fasthttp.HostClient{
+		Addr:                addr,
+		MaxConns:            conns,
+		MaxConnWaitTimeout:  requestTimeout,
+		MaxIdleConnDuration: time.Minute,
+		ReadTimeout:         requestTimeout,
+		WriteTimeout:        requestTimeout,
+		StreamResponseBody:  stream,
+		ReadBufferSize:      16 << 10,
+	}
+}
+
+func newRequest(addr string, body []byte) *fasthttp.Request {
+	req := fasthttp.AcquireRequest()
+	req.Header.SetMethod(fasthttp.MethodPost)
+	req.SetRequestURI("http://" + addr + "/api/chat")
+	req.Header.SetContentType("application/json")
+	req.SetBodyRaw(body)
+	return req
+}
+
+// failures counts failed requests and keeps the first reason.
+type failures struct {
+	mu    sync.Mutex
+	n     int
+	first string
+}
+
+func (f *failures) add(format string, args ...any) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.n == 0 {
+		f.first = fmt.Sprintf(format, args...)
+	}
+	f.n++
+}
+
+// runNonStream sends small stream:false chats from conns workers for d,
+// after a warmup whose requests are not counted.
+func runNonStream(addr string, conns int, warmup, d time.Duration) result {
+	c := newClient(addr, conns, false)
+	defer c.CloseIdleConnections()
+	var fails failures
+	lats := make([][]time.Duration, conns)
+	start := time.Now()
+	measureFrom := start.Add(warmup)
+	deadline := measureFrom.Add(d)
+	var wg sync.WaitGroup
+	for w := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req := newRequest(addr, chatBody)
+			defer fasthttp.ReleaseRequest(req)
+			resp := fasthttp.AcquireResponse()
+			defer fasthttp.ReleaseResponse(resp)
+			for range maxRequestsPerWorker {
+				t0 := time.Now()
+				if !t0.Before(deadline) {
+					return
+				}
+				err := c.DoTimeout(req, resp, requestTimeout)
+				lat := time.Since(t0)
+				switch {
+				case err != nil:
+					fails.add("%v", err)
+					time.Sleep(time.Millisecond) // no hot loop against a dead server
+					continue
+				case resp.StatusCode() != fasthttp.StatusOK || !bytes.Contains(resp.Body(), doneTrue) || !json.Valid(resp.Body()):
+					fails.add("status %d body %.200q", resp.StatusCode(), resp.Body())
+					continue
+				}
+				if !t0.Before(measureFrom) {
+					lats[w] = append(lats[w], lat)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	all := slices.Concat(lats...)
+	slices.Sort(all)
+	return result{
+		rps: float64(len(all)) / d.Seconds(),
+		p50: pct(all, 0.50), p90: pct(all, 0.90), p99: pct(all, 0.99),
+		failed: fails.n, errMsg: fails.first,
+	}
+}
+
+// runStream keeps conc streams open for d (after warmup) and measures time
+// to first chunk and the gaps between chunks. Workers start staggered over
+// one stream's length so they do not all tick together. A stream counts
+// only if every line is JSON and the last one says "done":true.
+func runStream(addr string, conc, tokens int, pacing, warmup, d time.Duration) result {
+	c := newClient(addr, conc, true)
+	defer c.CloseIdleConnections()
+	var fails failures
+	var mu sync.Mutex
+	var ttfcs, gaps []time.Duration
+	streams, stalls := 0, 0
+	stallAt := 10 * pacing
+	start := time.Now()
+	measureFrom := start.Add(warmup)
+	deadline := measureFrom.Add(d)
+	streamLen := time.Duration(tokens) * pacing
+	var wg sync.WaitGroup
+	for w := range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			time.Sleep(streamLen * time.Duration(w) / time.Duration(conc))
+			req := newRequest(addr, streamBody)
+			defer fasthttp.ReleaseRequest(req)
+			resp := fasthttp.AcquireResponse()
+			defer fasthttp.ReleaseResponse(resp)
+			br := bufio.NewReaderSize(nil, 16<<10)
+			var myGaps []time.Duration
+			for range maxRequestsPerWorker {
+				t0 := time.Now()
+				if !t0.Before(deadline) {
+					return
+				}
+				myGaps = myGaps[:0]
+				ttfc, ok := oneStream(c, req, resp, br, t0, &myGaps, &fails)
+				if !ok {
+					time.Sleep(time.Millisecond)
+					continue
+				}
+				if t0.Before(measureFrom) {
+					continue
+				}
+				mu.Lock()
+				streams++
+				ttfcs = append(ttfcs, ttfc)
+				gaps = append(gaps, myGaps...)
+				for _, g := range myGaps {
+					if g > stallAt {
+						stalls++
+					}
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	slices.Sort(ttfcs)
+	slices.Sort(gaps)
+	return result{
+		ttfc50: pct(ttfcs, 0.50), ttfc99: pct(ttfcs, 0.99),
+		gap50: pct(gaps, 0.50), gap99: pct(gaps, 0.99), gapMax: pct(gaps, 1),
+		stalls: stalls, streams: streams, failed: fails.n, errMsg: fails.first,
+	}
+}
+
+// oneStream reads one NDJSON stream, appending the gaps between lines.
+func oneStream(c *fasthttp.HostClient, req *fasthttp.Request, resp *fasthttp.Response, br *bufio.Reader,
+	t0 time.Time, gaps *[]time.Duration, fails *failures) (ttfc time.Duration, ok bool) {
+	// The deadline covers the response headers; the body is bounded by
+	// the client's ReadTimeout per read.
+	if err := c.DoDeadline(req, resp, t0.Add(requestTimeout)); err != nil {
+		fails.add("%v", err)
+		return 0, false
+	}
+	defer resp.CloseBodyStream() //nolint:errcheck // nothing to do about it
+	if resp.StatusCode() != fasthttp.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.BodyStream(), 512))
+		fails.add("status %d body %.200q", resp.StatusCode(), body)
+		return 0, false
+	}
+	br.Reset(resp.BodyStream())
+	var last time.Time
+	lines, done := 0, false
+	for {
+		line, err := br.ReadSlice('\n')
+		if len(line) > 0 {
+			now := time.Now()
+			if lines == 0 {
+				ttfc = now.Sub(t0)
+			} else {
+				*gaps = append(*gaps, now.Sub(last))
+			}
+			last = now
+			lines++
+			if !json.Valid(line) {
+				fails.add("line %d is not JSON: %.200q", lines, line)
+				return 0, false
+			}
+			done = bytes.Contains(line, doneTrue)
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			fails.add("after %d lines: %v", lines, err)
+			return 0, false
+		}
+	}
+	if !done {
+		fails.add("stream of %d lines ended without done:true", lines)
+		return 0, false
+	}
+	return ttfc, true
+}

@@ -1,0 +1,225 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/rs/zerolog/diode"
+
+	"github.com/vega-gateway/vega-gateway/gateway"
+	"github.com/vega-gateway/vega-gateway/ollamatest"
+	"github.com/vega-gateway/vega-gateway/pool"
+)
+
+// nginxPath is where Debian's nginx-light puts the binary.
+const nginxPath = "/usr/sbin/nginx"
+
+// target is one column of the table: an address the load generator hits.
+type target struct {
+	name string
+	addr string
+}
+
+// stack is the fake Ollama and every proxy in front of it, for one case.
+type stack struct {
+	targets []target
+	stops   []func() // run in reverse order by close
+}
+
+func (s *stack) close() {
+	for i := len(s.stops) - 1; i >= 0; i-- {
+		s.stops[i]()
+	}
+}
+
+// startFake starts the fake Ollama alone: the "direct" target.
+func startFake(cfg ollamatest.Config) (*stack, error) {
+	cfg.RecordLimit = 1 // keep no request history: it would grow with the run
+	fake, err := ollamatest.NewServer(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &stack{
+		targets: []target{{"direct", fake.Addr()}},
+		stops:   []func(){func() { _ = fake.Close() }},
+	}, nil
+}
+
+// startProxies starts, in front of upstream (host:port), nginx when
+// withNginx, the gateway with its access log on (info, to a file in dir,
+// behind a diode as in main) and the gateway with logging off.
+func startProxies(upstream string, withNginx bool, dir string, maxConns int) (*stack, error) {
+	s := &stack{}
+	if withNginx {
+		addr, stop, err := startNginx(dir, upstream)
+		if err != nil {
+			return nil, fmt.Errorf("nginx: %w", err)
+		}
+		s.stops = append(s.stops, stop)
+		s.targets = append(s.targets, target{"nginx", addr})
+	}
+	for _, logOn := range []bool{true, false} {
+		name := "gateway"
+		if !logOn {
+			name = "gateway (log off)"
+		}
+		addr, stop, err := startGateway("http://"+upstream, logOn, dir, maxConns)
+		if err != nil {
+			s.close()
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		s.stops = append(s.stops, stop)
+		s.targets = append(s.targets, target{name, addr})
+	}
+	return s, nil
+}
+
+// startGateway serves the gateway at its defaults, but for the pool bound
+// raised to maxConns, on a loopback port.
+func startGateway(upstream string, logOn bool, dir string, maxConns int) (string, func(), error) {
+	p, err := pool.New(pool.UpstreamConfig{URL: upstream}, pool.Config{MaxConnections: maxConns})
+	if err != nil {
+		return "", nil, err
+	}
+	log := zerolog.Nop()
+	closeLog := func() {}
+	if logOn {
+		f, err := os.OpenFile(filepath.Join(dir, "gateway.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err != nil {
+			return "", nil, err
+		}
+		w := diode.NewWriter(f, 10000, 10*time.Millisecond, func(int) {})
+		log = zerolog.New(w).Level(zerolog.InfoLevel).With().Timestamp().Logger()
+		closeLog = func() { _ = w.Close(); _ = f.Close() }
+	}
+	gw, err := gateway.New(gateway.Config{}, gateway.ChatConfig{}, gateway.AuthConfig{}, []*pool.Pool{p}, log)
+	if err != nil {
+		closeLog()
+		return "", nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		closeLog()
+		return "", nil, err
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = gw.Serve(ln) }()
+	stop := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = gw.Shutdown(ctx)
+		p.Close()
+		<-done
+		closeLog()
+	}
+	return ln.Addr().String(), stop, nil
+}
+
+const nginxConf = `worker_processes 1;
+daemon off;
+pid %[1]s/nginx.pid;
+error_log %[1]s/nginx-error.log warn;
+worker_rlimit_nofile 20000;
+events { worker_connections 8192; }
+http {
+    access_log %[1]s/nginx-access.log;
+    client_body_temp_path %[1]s/client_body;
+    proxy_temp_path %[1]s/proxy;
+    fastcgi_temp_path %[1]s/fastcgi;
+    uwsgi_temp_path %[1]s/uwsgi;
+    scgi_temp_path %[1]s/scgi;
+    keepalive_requests 1000000;
+    upstream ollama {
+        server %[2]s;
+        keepalive 512;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen %[3]s;
+        location / {
+            proxy_pass http://ollama;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host %[2]s;
+            proxy_buffering off;
+            proxy_read_timeout 60s;
+        }
+    }
+}
+`
+
+// startNginx runs nginx as a reference proxy in front of upstream, with a
+// generated config in dir: one worker, proxy_buffering off, upstream
+// keep-alive, an access log to a file.
+func startNginx(dir, upstream string) (string, func(), error) {
+	addr, err := freePort()
+	if err != nil {
+		return "", nil, err
+	}
+	ndir, err := os.MkdirTemp(dir, "nginx-")
+	if err != nil {
+		return "", nil, err
+	}
+	conf := filepath.Join(ndir, "nginx.conf")
+	if err := os.WriteFile(conf, fmt.Appendf(nil, nginxConf, ndir, upstream, addr), 0o644); err != nil {
+		return "", nil, err
+	}
+	cmd := exec.Command(nginxPath, "-c", conf, "-p", ndir, "-e", filepath.Join(ndir, "nginx-error.log"))
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		return "", nil, err
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	stop := func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM) // fast shutdown of the master we started, and its worker
+		select {
+		case <-exited:
+		case <-time.After(5 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	}
+	if err := waitListening(addr, 5*time.Second, exited); err != nil {
+		stop()
+		log, _ := os.ReadFile(filepath.Join(ndir, "nginx-error.log"))
+		return "", nil, fmt.Errorf("%w: %s", err, log)
+	}
+	return addr, stop, nil
+}
+
+// freePort returns a loopback address nothing listens on just now.
+func freePort() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	addr := ln.Addr().String()
+	return addr, ln.Close()
+}
+
+// waitListening polls addr until it accepts a connection, the process
+// exits, or d passes.
+func waitListening(addr string, d time.Duration, exited <-chan struct{}) error {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		select {
+		case <-exited:
+			return errors.New("exited at start")
+		default:
+		}
+		if c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond); err == nil {
+			return c.Close()
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("not listening on %s after %s", addr, d)
+}
