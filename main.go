@@ -12,12 +12,17 @@ package main
 import (
 	"fmt"
 	"os"
+
+	"github.com/google/uuid"
 )
 
 // version is stamped at build time: -ldflags "-X main.version=1.2.3".
 var version = "dev"
 
 func main() {
+	// Correlation IDs are UUIDv4: draw their randomness in batches rather
+	// than one getrandom call per request.
+	uuid.EnableRandPool()
 	os.Exit(run(os.Args[1:]))
 }
 

@@ -104,13 +104,71 @@ func (c *ollamaChunk) timings() ChatTimings {
 
 var doneTrue = []byte(`"done":true`)
 
-// readFinalChunk records the final chunk's telemetry on the exchange.
+// readFinalChunk records the final chunk's telemetry on the exchange. It
+// scans for the handful of keys rather than decoding the body, which for a
+// whole reply carries the full completion text.
 func readFinalChunk(x *exchange, frame []byte) {
-	var c ollamaChunk
-	if json.Unmarshal(frame, &c) != nil || !c.Done {
+	if !bytes.Contains(frame, doneTrue) {
 		return
 	}
+	c := ollamaChunk{
+		DoneReason:         jsonString(frame, `"done_reason":"`),
+		TotalDuration:      jsonInt(frame, `"total_duration":`),
+		LoadDuration:       jsonInt(frame, `"load_duration":`),
+		PromptEvalCount:    jsonInt(frame, `"prompt_eval_count":`),
+		PromptEvalDuration: jsonInt(frame, `"prompt_eval_duration":`),
+		EvalCount:          jsonInt(frame, `"eval_count":`),
+		EvalDuration:       jsonInt(frame, `"eval_duration":`),
+	}
 	x.noteFinal(&c)
+}
+
+// jsonInt finds the last `"key":<integer>` in b. Inside a JSON string the
+// quotes would be escaped, so text in a completion cannot match it.
+func jsonInt(b []byte, key string) int64 {
+	i := bytes.LastIndex(b, []byte(key))
+	if i < 0 {
+		return 0
+	}
+	var n int64
+	for _, c := range b[i+len(key):] {
+		if c < '0' || c > '9' {
+			break
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n
+}
+
+// jsonString finds the last `"key":"<value>"` in b; values with escapes
+// are not expected here (done_reason is a short word) and are skipped.
+func jsonString(b []byte, key string) string {
+	i := bytes.LastIndex(b, []byte(key))
+	if i < 0 {
+		return ""
+	}
+	rest := b[i+len(key):]
+	end := bytes.IndexByte(rest, '"')
+	if end < 0 || end > 64 || bytes.IndexByte(rest[:end], '\\') >= 0 {
+		return ""
+	}
+	return doneReasonString(rest[:end])
+}
+
+// doneReasonString returns a constant for Ollama's known done reasons, so
+// recording them does not allocate.
+func doneReasonString(b []byte) string {
+	switch string(b) {
+	case "stop":
+		return "stop"
+	case "length":
+		return "length"
+	case "load":
+		return "load"
+	case "unload":
+		return "unload"
+	}
+	return string(b)
 }
 
 func (x *exchange) noteFinal(c *ollamaChunk) {
@@ -195,7 +253,7 @@ func (g *Gateway) serveChat(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	req.SetRequestURI(chatUpstreamPath)
 	req.Header.SetContentType("application/json")
 	req.Header.Set(trace.HeaderCorrelationID, x.id)
-	req.Header.Set(trace.HeaderTraceparent, x.trace.Traceparent())
+	req.Header.SetBytesV(trace.HeaderTraceparent, x.traceparent)
 	if cr.Stream {
 		req.Header.Set("Accept", "application/x-ndjson")
 	}

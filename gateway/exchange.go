@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -16,16 +17,19 @@ import (
 // stream's close writes the log line), so it holds copies, never views into
 // the RequestCtx. Exchanges are pooled.
 type exchange struct {
-	g       *Gateway
-	id      string
-	trace   trace.Context
-	start   time.Time
-	route   route
-	method  string
-	path    []byte
-	remote  net.IP
-	model   string
-	keyName string
+	g      *Gateway
+	id     string
+	trace  trace.Context
+	start  time.Time
+	route  route
+	method string
+	path   []byte
+	remote net.IP
+	// traceparent is the header value sent upstream.
+	traceparent []byte
+	scratch     []byte
+	model       string
+	keyName     string
 	// key holds a concurrency slot of the request's key until finish.
 	key *apiKey
 
@@ -70,13 +74,14 @@ func methodString(m []byte) string {
 
 func (g *Gateway) newExchange(ctx *fasthttp.RequestCtx) *exchange {
 	x := exchangePool.Get().(*exchange)
-	path := x.path[:0]
-	*x = exchange{g: g, start: time.Now(), path: append(path, ctx.Path()...)}
+	// Keep the pooled buffers across the reset.
+	path, remote, tp, scratch := x.path[:0], x.remote[:0], x.traceparent[:0], x.scratch[:0]
+	*x = exchange{g: g, start: time.Now(), path: append(path, ctx.Path()...), remote: append(remote, ctx.RemoteIP()...), scratch: scratch}
 	res := trace.Resolve(ctx.Request.Header.Peek(trace.HeaderCorrelationID), ctx.Request.Header.Peek(trace.HeaderRequestID))
 	x.id = res.ID
-	x.trace = trace.ParseTraceparent(ctx.Request.Header.Peek(trace.HeaderTraceparent))
+	x.trace.ParseTraceparent(ctx.Request.Header.Peek(trace.HeaderTraceparent))
+	x.traceparent = x.trace.AppendTraceparent(tp)
 	x.method = methodString(ctx.Method())
-	x.remote = append(x.remote[:0], ctx.RemoteIP()...)
 	x.bytesIn = len(ctx.Request.Header.RawHeaders()) + len(ctx.Request.Body())
 	ctx.Response.Header.Set(trace.HeaderCorrelationID, x.id)
 	if res.Replaced && g.log.GetLevel() <= zerolog.DebugLevel {
@@ -84,8 +89,8 @@ func (g *Gateway) newExchange(ctx *fasthttp.RequestCtx) *exchange {
 			Bool("correlation_id_replaced", true).Msg("client correlation ID replaced")
 	}
 	if g.log.GetLevel() <= zerolog.DebugLevel {
-		g.log.Debug().Str("correlation_id", x.id).Str("trace_id", x.trace.TraceID).Str("method", x.method).
-			Bytes("path", x.path).Str("remote_ip", x.remote.String()).Msg("request received")
+		g.log.Debug().Str("correlation_id", x.id).Bytes("trace_id", x.trace.TraceID[:]).Str("method", x.method).
+			Bytes("path", x.path).IPAddr("remote_ip", x.remote).Msg("request received")
 	}
 	return x
 }
@@ -112,7 +117,7 @@ func (x *exchange) finish() {
 	e := g.log.WithLevel(lvl)
 	if e != nil {
 		e.Str("correlation_id", x.id).
-			Str("trace_id", x.trace.TraceID).
+			Bytes("trace_id", x.trace.TraceID[:]).
 			Str("method", x.method).
 			Str("route", x.route.name).
 			Bytes("path", x.path).
@@ -124,7 +129,7 @@ func (x *exchange) finish() {
 			Int("bytes_in", x.bytesIn).
 			Int64("bytes_out", x.bytesOut).
 			Str("upstream", g.pool.URL()).
-			Str("remote_ip", x.remote.String())
+			IPAddr("remote_ip", x.remote)
 		if x.upstreamStatus != 0 {
 			e.Int("upstream_status", x.upstreamStatus)
 		}
@@ -151,6 +156,13 @@ func (x *exchange) finish() {
 	}
 	x.g, x.key = nil, nil
 	exchangePool.Put(x)
+}
+
+// remoteText renders the client IP into a pooled buffer.
+func (x *exchange) remoteText() []byte {
+	a, _ := netip.AddrFromSlice(x.remote)
+	x.scratch = a.Unmap().AppendTo(x.scratch[:0])
+	return x.scratch
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

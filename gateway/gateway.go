@@ -98,9 +98,12 @@ func New(cfg Config, chat ChatConfig, auth AuthConfig, pools []*pool.Pool, log z
 		TCPKeepalive:                 true,
 		TCPKeepalivePeriod:           15 * time.Second,
 		CloseOnShutdown:              true,
-		Logger:                       fasthttpLogger{log: log},
-		ExpectHandler:                g.expect,
-		HeaderReceived:               g.headerReceived,
+		// Idle worker goroutines go within a few seconds of a burst, so a
+		// leak check after load settles quickly (fasthttp's default is 10 s).
+		MaxIdleWorkerDuration: 3 * time.Second,
+		Logger:                fasthttpLogger{log: log},
+		ExpectHandler:         g.expect,
+		HeaderReceived:        g.headerReceived,
 	}
 	return g, nil
 }

@@ -115,14 +115,10 @@ func (g *Gateway) upstreamFailed(ctx *fasthttp.RequestCtx, x *exchange, err erro
 // and headers as received, less hop-by-hop headers and the gateway's
 // credentials, plus the correlation ID and trace context.
 func (g *Gateway) outboundRequest(ctx *fasthttp.RequestCtx, x *exchange, req *fasthttp.Request, keyInAuthorization bool) {
-	ctx.Request.Header.CopyTo(&req.Header)
-	stripRequestHop(&req.Header)
-	if keyInAuthorization {
-		req.Header.Del(HeaderAuthorization)
-	}
+	copyRequestHeaders(&ctx.Request.Header, &req.Header, keyInAuthorization)
 	req.Header.Set(trace.HeaderCorrelationID, x.id)
-	req.Header.Set(trace.HeaderTraceparent, x.trace.Traceparent())
-	req.Header.Set("X-Forwarded-For", x.remote.String())
+	req.Header.SetBytesV(trace.HeaderTraceparent, x.traceparent)
+	req.Header.SetBytesV("X-Forwarded-For", x.remoteText())
 }
 
 // relay sends the upstream response to the client: headers less hop-by-hop
@@ -183,14 +179,14 @@ func (g *Gateway) relay(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Re
 }
 
 // readBody copies a small upstream body of known length into the client
-// response, reading to EOF so the connection can be reused.
+// response. fasthttp's copy reads to EOF with a pooled buffer, so the
+// connection goes back to the pool; the declared length bounds the read.
 func readBody(ctx *fasthttp.RequestCtx, resp *fasthttp.Response, cl int) error {
 	ctx.Response.ResetBody()
-	n, err := io.Copy(ctx.Response.BodyWriter(), io.LimitReader(resp.BodyStream(), int64(cl)+1))
-	if err != nil {
+	if err := resp.BodyWriteTo(ctx.Response.BodyWriter()); err != nil {
 		return classifyBody(err)
 	}
-	if n != int64(cl) {
+	if len(ctx.Response.Body()) != cl {
 		return classifyBody(io.ErrUnexpectedEOF)
 	}
 	return nil

@@ -27,7 +27,13 @@ type conn struct {
 	// hardDeadline (unix nanoseconds, 0 = none) caps every read deadline:
 	// the request's maximum duration, or "now" to interrupt a blocked read.
 	hardDeadline atomic.Int64
-	closeOnce    sync.Once
+	// armed is the read deadline last set (unix ns) and armedFirst whether
+	// it was a first-byte one; re-arming on every read would cost a timer
+	// update per frame.
+	armed      int64
+	armedFirst bool
+	local      connAddr
+	closeOnce  sync.Once
 }
 
 // connAddr is conn's LocalAddr: it lets Do find, from a failed Response, the
@@ -37,7 +43,7 @@ type connAddr struct {
 	c *conn
 }
 
-func (c *conn) LocalAddr() net.Addr { return connAddr{Addr: c.Conn.LocalAddr(), c: c} }
+func (c *conn) LocalAddr() net.Addr { return c.local }
 
 func (c *conn) Write(b []byte) (int, error) {
 	if !c.awaiting.Load() {
@@ -48,20 +54,29 @@ func (c *conn) Write(b []byte) (int, error) {
 }
 
 func (c *conn) Read(b []byte) (int, error) {
-	d := c.p.up.IdleTimeout
 	first := c.awaiting.Load()
+	d := c.p.up.IdleTimeout
 	if first {
 		d = c.p.up.FirstByteTimeout
 	}
-	var deadline time.Time
+	now := time.Now().UnixNano()
+	var deadline int64
 	if d > 0 {
-		deadline = time.Now().Add(d)
+		deadline = now + int64(d)
 	}
-	if hd := c.hardDeadline.Load(); hd != 0 && (deadline.IsZero() || hd < deadline.UnixNano()) {
-		deadline = time.Unix(0, hd)
+	if hd := c.hardDeadline.Load(); hd != 0 && (deadline == 0 || hd < deadline) {
+		deadline = hd
 	}
-	if !deadline.IsZero() {
-		_ = c.Conn.SetReadDeadline(deadline)
+	// Re-arm when the clock changes kind, when a hard deadline moves it
+	// earlier, or when an eighth of the period has passed: the effective
+	// idle timeout is then between 7/8 and all of the configured one.
+	if deadline != c.armed && (first != c.armedFirst || deadline < c.armed || deadline-c.armed > int64(d)/8 || c.armed == 0) {
+		var t time.Time
+		if deadline != 0 {
+			t = time.Unix(0, deadline)
+		}
+		_ = c.Conn.SetReadDeadline(t)
+		c.armed, c.armedFirst = deadline, first
 	}
 	n, err := c.Conn.Read(b)
 	if n > 0 {
@@ -128,5 +143,7 @@ func (p *Pool) dial(addr string) (net.Conn, error) {
 		return nil, &dialError{err: err}
 	}
 	p.stats.ConnectionsOpened.Add(1)
-	return &conn{Conn: nc, p: p}, nil
+	c := &conn{Conn: nc, p: p}
+	c.local = connAddr{Addr: nc.LocalAddr(), c: c}
+	return c, nil
 }

@@ -40,6 +40,8 @@ type Pool struct {
 	slots     chan struct{}
 	closing   chan struct{}
 	closeOnce sync.Once
+	// releaseFn is p.release, bound once so Acquire does not allocate it.
+	releaseFn func()
 	stats     Stats
 	health    health
 }
@@ -80,6 +82,7 @@ func New(up UpstreamConfig, cfg Config) (*Pool, error) {
 		// (was the connection reused? did any byte come back?).
 		RetryIfErr: func(*fasthttp.Request, int, error) (bool, bool) { return false, false },
 	}
+	p.releaseFn = p.release
 	p.stats.ClientsCreated.Add(1)
 	p.health.init(up)
 	return p, nil
@@ -113,7 +116,7 @@ func (p *Pool) Acquire(cancel <-chan struct{}) (release func(), waited time.Dura
 	select {
 	case p.slots <- struct{}{}:
 		p.stats.InFlight.Add(1)
-		return p.release, 0, nil
+		return p.releaseFn, 0, nil
 	default:
 	}
 	if n := p.stats.Waiting.Add(1); n > int64(p.cfg.MaxQueue) {
@@ -128,7 +131,7 @@ func (p *Pool) Acquire(cancel <-chan struct{}) (release func(), waited time.Dura
 	select {
 	case p.slots <- struct{}{}:
 		p.stats.InFlight.Add(1)
-		return p.release, time.Since(start), nil
+		return p.releaseFn, time.Since(start), nil
 	case <-t.C:
 		p.stats.WaitTimeouts.Add(1)
 		return nil, time.Since(start), ErrPoolExhausted

@@ -11,53 +11,74 @@ const (
 	HeaderTracestate  = "tracestate"
 )
 
-// Context is a request's W3C trace context as the gateway forwards it.
+// Context is a request's W3C trace context as the gateway forwards it. It
+// is plain arrays, so resolving and forwarding it allocates nothing.
 type Context struct {
-	// TraceID is the 32-hex trace ID, the client's or a new one.
-	TraceID string
-	// ParentID is the 16-hex span ID of the gateway's span: the parent of the
-	// upstream call.
-	ParentID string
+	// TraceID is the 32 lower-hex digits of the trace: the client's, or new.
+	TraceID [32]byte
+	// ParentID is the 16 hex digits of the gateway's own span: the parent
+	// of the upstream call.
+	ParentID [16]byte
 	// Flags is the 2-hex trace-flags byte.
-	Flags string
+	Flags [2]byte
 	// Started is true when the client sent no usable traceparent and the
 	// gateway began the trace.
 	Started bool
 }
 
-// Traceparent renders the header value the gateway sends upstream.
-func (c Context) Traceparent() string {
-	return "00-" + c.TraceID + "-" + c.ParentID + "-" + c.Flags
+// AppendTraceparent appends the header value the gateway sends upstream.
+func (c *Context) AppendTraceparent(dst []byte) []byte {
+	dst = append(dst, "00-"...)
+	dst = append(dst, c.TraceID[:]...)
+	dst = append(dst, '-')
+	dst = append(dst, c.ParentID[:]...)
+	dst = append(dst, '-')
+	return append(dst, c.Flags[:]...)
 }
+
+// Traceparent renders the header value the gateway sends upstream.
+func (c *Context) Traceparent() string { return string(c.AppendTraceparent(nil)) }
 
 // ParseTraceparent reads a client's traceparent (version 00 layout; later
-// versions are read by their 00 prefix as the spec asks) and returns the
-// context for the gateway's own span: same trace ID, new span ID. An absent
-// or malformed header starts a new sampled trace.
-func ParseTraceparent(h []byte) Context {
-	if tid, flags, ok := parseTraceparent(h); ok {
-		return Context{TraceID: tid, ParentID: newHex(8), Flags: flags}
+// versions are read by their 00 prefix as the spec asks) into c, giving the
+// gateway's own span a new ID under the same trace. An absent or malformed
+// header starts a new sampled trace.
+func (c *Context) ParseTraceparent(h []byte) {
+	var rnd [24]byte
+	_, _ = rand.Read(rnd[:]) // crypto/rand.Read does not fail on Linux (Go ≥1.24 panics instead)
+	hex.Encode(c.ParentID[:], rnd[:8])
+	if validTraceparent(h) {
+		copy(c.TraceID[:], h[3:35])
+		copy(c.Flags[:], h[53:55])
+		c.Started = false
+		return
 	}
-	return Context{TraceID: newHex(16), ParentID: newHex(8), Flags: "01", Started: true}
+	hex.Encode(c.TraceID[:], rnd[8:24])
+	c.Flags = [2]byte{'0', '1'}
+	c.Started = true
 }
 
-func parseTraceparent(h []byte) (traceID, flags string, ok bool) {
+// ParseTraceparent returns the context for a client's traceparent header.
+func ParseTraceparent(h []byte) Context {
+	var c Context
+	c.ParseTraceparent(h)
+	return c
+}
+
+func validTraceparent(h []byte) bool {
 	// 00-<32 hex>-<16 hex>-<2 hex>
 	if len(h) < 55 || (len(h) > 55 && h[55] != '-') {
-		return "", "", false
+		return false
 	}
 	if h[2] != '-' || h[35] != '-' || h[52] != '-' {
-		return "", "", false
+		return false
 	}
 	version := h[0:2]
 	if !isLowerHex(version) || string(version) == "ff" || (string(version) == "00" && len(h) != 55) {
-		return "", "", false
+		return false
 	}
 	tid, pid, fl := h[3:35], h[36:52], h[53:55]
-	if !isLowerHex(tid) || !isLowerHex(pid) || !isLowerHex(fl) || allZero(tid) || allZero(pid) {
-		return "", "", false
-	}
-	return string(tid), string(fl), true
+	return isLowerHex(tid) && isLowerHex(pid) && isLowerHex(fl) && !allZero(tid) && !allZero(pid)
 }
 
 func isLowerHex(b []byte) bool {
@@ -76,10 +97,4 @@ func allZero(b []byte) bool {
 		}
 	}
 	return true
-}
-
-func newHex(n int) string {
-	var b [16]byte
-	_, _ = rand.Read(b[:n]) // crypto/rand.Read never fails on Linux (Go ≥1.24 panics instead)
-	return hex.EncodeToString(b[:n])
 }
