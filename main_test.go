@@ -383,3 +383,101 @@ func TestDefaultHealthURL(t *testing.T) {
 		}
 	}
 }
+
+// openStream starts a streaming /api/chat and returns its reader after the
+// first line arrived.
+func openStream(t *testing.T, addr, model string) (*bufio.Reader, func()) {
+	t.Helper()
+	resp, err := http.Post("http://"+addr+"/api/chat", "application/json",
+		strings.NewReader(`{"model":"`+model+`","messages":[{"role":"user","content":"hi"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(resp.Body)
+	if _, err := r.ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	return r, func() { resp.Body.Close() }
+}
+
+// TestSIGTERMDrains: readiness drops at once, a short stream finishes, a
+// long one ends with shutting_down at the drain deadline, exit 0.
+func TestSIGTERMDrains(t *testing.T) {
+	p := startProcess(t, []string{"serve", "--demo"}, "VEGA_GATEWAY_DRAIN_TIMEOUT=700ms")
+	long, closeLong := openStream(t, p.data, "fault:infinite")
+	defer closeLong()
+	short, closeShort := openStream(t, p.data, "llama3.2")
+	defer closeShort()
+	start := time.Now()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	deadline := time.Now().Add(time.Second)
+	for {
+		st, _, _ := get(t, "http://"+p.admin+"/readyz", nil)
+		if st == 503 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("/readyz not 503 after SIGTERM")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	rest, _ := io.ReadAll(short)
+	if !strings.Contains(string(rest), `"done":true`) {
+		t.Fatalf("short stream cut by the drain: %q", rest)
+	}
+	rest, _ = io.ReadAll(long)
+	if !strings.Contains(string(rest), `"code":"shutting_down"`) || strings.Contains(string(rest), `"done":true`) {
+		t.Fatalf("long stream did not end with shutting_down: ...%q", tailOf(string(rest), 200))
+	}
+	select {
+	case err := <-p.exited:
+		p.exited <- err
+		if err != nil {
+			t.Fatalf("exit: %v\n%s", err, p.stdout.String())
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no exit after the drain")
+	}
+	if took := time.Since(start); took > 4*time.Second {
+		t.Fatalf("drain took %s", took)
+	}
+	if _, err := net.DialTimeout("tcp", p.data, 200*time.Millisecond); err == nil {
+		t.Fatal("data port still accepting after exit")
+	}
+	// One access line per request: the two streams among them.
+	lines := 0
+	for _, l := range strings.Split(p.stdout.String(), "\n") {
+		if strings.Contains(l, `"message":"request"`) && strings.Contains(l, `"route":"/api/chat"`) {
+			lines++
+		}
+	}
+	if lines != 2 {
+		t.Fatalf("%d access lines for the 2 streams:\n%s", lines, p.stdout.String())
+	}
+}
+
+// TestSecondSignalExitsAtOnce.
+func TestSecondSignalExitsAtOnce(t *testing.T) {
+	p := startProcess(t, []string{"serve", "--demo"}, "VEGA_GATEWAY_DRAIN_TIMEOUT=30s")
+	_, closeLong := openStream(t, p.data, "fault:infinite")
+	defer closeLong()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	time.Sleep(200 * time.Millisecond)
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.exited:
+		p.exited <- err
+		if err == nil {
+			t.Fatal("exit 0 after a forced stop")
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("second signal did not exit at once")
+	}
+}
+
+func tailOf(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}

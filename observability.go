@@ -1,6 +1,9 @@
 package main
 
 import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/metrics"
 	"github.com/vega-gateway/vega-gateway/pool"
 )
@@ -8,6 +11,20 @@ import (
 // newObservability builds the shared metrics registry over p. The registry
 // reads the pool at scrape time only, so /metrics and
 // /admin/resources/pools show the same counters.
-func newObservability(cfg metrics.Config, p *pool.Pool) (*metrics.Metrics, error) {
-	return metrics.New(cfg, version, func() []pool.Snapshot { return []pool.Snapshot{p.Snapshot()} })
+func newObservability(cfg metrics.Config, p *pool.Pool, gw *gateway.Gateway, sink *logSink) (*metrics.Metrics, error) {
+	m, err := metrics.New(cfg, version, func() []pool.Snapshot { return []pool.Snapshot{p.Snapshot()} })
+	if err != nil {
+		return nil, err
+	}
+	m.SetStreamsSource(gw.Streams)
+	gw.SetObserver(m.Observe)
+	m.Registry().MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "vega_panics_total", Help: "Panics recovered at the request boundary (each is a bug; the stack is in the log).",
+		}, func() float64 { return float64(gw.Panics()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "vega_log_dropped_total", Help: "Log lines dropped because the log queue was full (a slow or failing log disk).",
+		}, func() float64 { return float64(sink.Dropped.Load()) }),
+	)
+	return m, nil
 }

@@ -56,7 +56,7 @@ func serveCommand(args []string, stdout, stderr io.Writer) int {
 	if fake != nil {
 		log.Info().Str("upstream", fake.URL()).Msg("demo mode: serving a built-in fake Ollama")
 	}
-	app, err := newApp(cfg, log)
+	app, err := newApp(cfg, log, sink)
 	if err != nil {
 		fmt.Fprintf(stderr, "vega-gateway: %v\n", err)
 		return 1
@@ -83,7 +83,7 @@ type app struct {
 
 // newApp builds everything and binds both ports; nothing serves yet. On
 // error no port is left bound.
-func newApp(cfg config, log zerolog.Logger) (*app, error) {
+func newApp(cfg config, log zerolog.Logger, sink *logSink) (*app, error) {
 	p, err := pool.New(cfg.Upstream.UpstreamConfig, cfg.Pool)
 	if err != nil {
 		return nil, err
@@ -110,12 +110,10 @@ func newApp(cfg config, log zerolog.Logger) (*app, error) {
 	if !adminRing.Open() {
 		src.Authorize = adminRing.Allowed
 	}
-	obs, err := newObservability(cfg.Metrics, p)
+	obs, err := newObservability(cfg.Metrics, p, gw, sink)
 	if err != nil {
 		return nil, err
 	}
-	obs.SetStreamsSource(gw.Streams)
-	gw.SetObserver(obs.Observe)
 	src.Stats = func() any { return obs.Stats() }
 	src.Metrics = obs.Handler()
 	a.admin, err = admin.New(cfg.Admin, src, log)

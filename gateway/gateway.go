@@ -103,7 +103,6 @@ func New(cfg Config, chat ChatConfig, auth AuthConfig, pools []*pool.Pool, log z
 		MaxIdleWorkerDuration: 3 * time.Second,
 		Logger:                fasthttpLogger{log: log},
 		ExpectHandler:         g.expect,
-		HeaderReceived:        g.headerReceived,
 	}
 	return g, nil
 }
@@ -177,6 +176,11 @@ func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 		}
 		ctx.SetContentType(contentTypeJSON)
 		ctx.SetBody(healthzBody)
+		return
+	}
+	if ctx.IsConnect() || ctx.IsTrace() {
+		g.reject(ctx, x, apiError{405, "method_not_allowed", "CONNECT and TRACE are not supported", outcomeClientError, ""})
+		ctx.SetConnectionClose()
 		return
 	}
 	if bad := ctx.Request.Header.RequestURI(); bytes.IndexByte(bad, '\\') >= 0 || bytes.Contains(bad, []byte("%00")) {
@@ -270,8 +274,9 @@ func (g *Gateway) serveError(ctx *fasthttp.RequestCtx, err error) {
 }
 
 // bodyLimit is the request body cap of the route a request line names.
-// fasthttp calls it before reading the body, so an oversized /chat body
-// with an honest Content-Length gets 413 without being read.
+// The server reads bodies up to the largest cap and the /chat handler
+// applies its smaller one, so a client gets a clean 413 on a connection
+// that stays usable rather than a reset while it is still sending.
 func (g *Gateway) bodyLimit(h *fasthttp.RequestHeader) int {
 	path := h.RequestURI()
 	if i := bytes.IndexByte(path, '?'); i >= 0 {
@@ -283,11 +288,8 @@ func (g *Gateway) bodyLimit(h *fasthttp.RequestHeader) int {
 	return g.cfg.MaxBodyBytes
 }
 
-func (g *Gateway) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
-	return fasthttp.RequestConfig{MaxRequestBodySize: g.bodyLimit(h)}
-}
-
-// expect refuses an oversized body before fasthttp sends 100 Continue.
+// expect refuses an oversized body before fasthttp sends 100 Continue: the
+// client has not sent it yet, so nothing needs reading.
 func (g *Gateway) expect(ctx *fasthttp.RequestCtx) int {
 	if cl := ctx.Request.Header.ContentLength(); cl > g.bodyLimit(&ctx.Request.Header) {
 		return fasthttp.StatusRequestEntityTooLarge

@@ -50,7 +50,6 @@ func lower(buf *[64]byte, k []byte) ([]byte, bool) {
 // so `Connection: X-Correlation-ID` cannot remove them (CVE-2021-33197).
 func copyRequestHeaders(in, out *fasthttp.RequestHeader, dropAuthorization bool) {
 	out.SetMethodBytes(in.Method())
-	out.SetRequestURIBytes(in.RequestURI())
 	named := in.PeekAll("Connection")
 	var buf [64]byte
 	for k, v := range in.All() {

@@ -10,6 +10,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
 
+	"github.com/vega-gateway/vega-gateway/pool"
 	"github.com/vega-gateway/vega-gateway/trace"
 )
 
@@ -116,6 +117,10 @@ func (g *Gateway) upstreamFailed(ctx *fasthttp.RequestCtx, x *exchange, err erro
 // credentials, plus the correlation ID and trace context.
 func (g *Gateway) outboundRequest(ctx *fasthttp.RequestCtx, x *exchange, req *fasthttp.Request, keyInAuthorization bool) {
 	copyRequestHeaders(&ctx.Request.Header, &req.Header, keyInAuthorization)
+	// The path forwarded is the normalised one the route and scope were
+	// decided on (re-encoded), never another spelling of it; the query goes
+	// through verbatim, uninspected.
+	req.Header.SetRequestURIBytes(ctx.URI().RequestURI())
 	req.Header.Set(trace.HeaderCorrelationID, x.id)
 	req.Header.SetBytesV(trace.HeaderTraceparent, x.traceparent)
 	req.Header.SetBytesV("X-Forwarded-For", x.remoteText())
@@ -127,6 +132,18 @@ func (g *Gateway) outboundRequest(ctx *fasthttp.RequestCtx, x *exchange, req *fa
 // /chat stream). It reports whether a stream now owns the exchange.
 func (g *Gateway) relay(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Response, release func(), translate translator) bool {
 	x.upstreamStatus = resp.StatusCode()
+	if resp.StatusCode() < 200 {
+		// 101 Switching Protocols (or a stray 1xx) is never relayed: the
+		// gateway speaks HTTP/1.1 request/response only, and the
+		// connection is unusable after it.
+		resp.SetConnectionClose()
+		_ = resp.CloseBodyStream()
+		fasthttp.ReleaseResponse(resp)
+		release()
+		g.pool.NoteError()
+		g.upstreamFailed(ctx, x, pool.ErrProtocol)
+		return false
+	}
 	resp.Header.CopyTo(&ctx.Response.Header)
 	stripResponseHop(&ctx.Response.Header)
 	ctx.Response.Header.Set(trace.HeaderCorrelationID, x.id)
@@ -141,6 +158,17 @@ func (g *Gateway) relay(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Re
 		fasthttp.ReleaseResponse(resp)
 		release()
 		ctx.Response.SkipBody = ctx.IsHead()
+		return false
+	}
+	if cl := resp.Header.ContentLength(); cl > g.pool.MaxResponseBytes() {
+		// Refuse before sending a byte rather than cut the body later.
+		_ = resp.CloseBodyStream()
+		fasthttp.ReleaseResponse(resp)
+		release()
+		g.pool.NoteError()
+		ctx.Response.Header.Reset()
+		ctx.Response.Header.Set(trace.HeaderCorrelationID, x.id)
+		g.upstreamFailed(ctx, x, pool.ErrTooLarge)
 		return false
 	}
 	if kind != frameNone {
@@ -170,11 +198,9 @@ func (g *Gateway) relay(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Re
 		}
 		return false
 	}
-	s := g.newRawStream(x, resp, release)
-	if cl > g.pool.MaxResponseBytes() {
-		cl = -1 // stream what fits, then fail: never claim a length we will not send
-	}
-	ctx.Response.SetBodyStream(s, cl)
+	// Large or unknown length: relayed as it comes, capped (a chunked body
+	// over the cap is cut, which the client sees as a broken response).
+	ctx.Response.SetBodyStream(g.newRawStream(x, resp, release), cl)
 	return true
 }
 

@@ -386,3 +386,77 @@ func TestModelAllowlist(t *testing.T) {
 		})
 	}
 }
+
+func TestUpstreamFaultsPassThrough(t *testing.T) {
+	e := startEnv(t, envOptions{upstream: pool.UpstreamConfig{MaxResponseBytes: 1 << 20}})
+	chat := func(model string) string {
+		return `{"model":"` + model + `","messages":[{"role":"user","content":"hi"}]}`
+	}
+	t.Run("503 busy passes through on native, maps on /chat", func(t *testing.T) {
+		st, h, body := e.do("POST", "/api/chat", chat("fault:fail_status=503"), nil)
+		if st != 503 || !strings.Contains(string(body), "server busy") || h.Get("X-Correlation-ID") == "" {
+			t.Fatalf("native: %d %s", st, body)
+		}
+		st, h, body = e.do("POST", "/chat", `{"prompt":"hi","model":"fault:fail_status=503"}`, nil)
+		if st != 503 || decodeJSON(t, body)["code"] != "upstream_busy" || h.Get("Retry-After") == "" {
+			t.Fatalf("/chat: %d %s", st, body)
+		}
+		st, _, body = e.do("POST", "/chat", `{"prompt":"hi","model":"fault:fail_status=500"}`, nil)
+		if st != 502 || decodeJSON(t, body)["code"] != "upstream_error" {
+			t.Fatalf("/chat 500: %d %s", st, body)
+		}
+	})
+	t.Run("Ollama's own mid-stream error line is forwarded once", func(t *testing.T) {
+		_, _, body := e.do("POST", "/api/chat", chat("fault:error_after=2"), nil)
+		lines := strings.Split(strings.TrimSpace(string(body)), "\n")
+		last := decodeJSON(t, []byte(lines[len(lines)-1]))
+		if last["error"] == nil || strings.Count(string(body), `"error"`) != 1 || strings.Contains(string(body), `"done":true`) {
+			t.Fatalf("body %q", body)
+		}
+	})
+	// (cl_and_te is not here: fasthttp's client frames such a response by
+	// Transfer-Encoding, as RFC 9112 §6.3 allows, and closes the connection.)
+	for _, raw := range []string{"garbage_status", "switching_protocols", "short_body"} {
+		t.Run("malformed upstream "+raw, func(t *testing.T) {
+			st, _, body := e.do("POST", "/api/chat", chat("fault:raw="+raw), nil)
+			if st != 502 {
+				t.Fatalf("status %d: %q", st, body)
+			}
+		})
+	}
+	t.Run("connection reset on accept", func(t *testing.T) {
+		e.fake.SetConnFault("rst_on_accept")
+		defer e.fake.SetConnFault("")
+		e.pool.Stats() // fresh connections only: nothing is retried
+		st, _, body := e.do("POST", "/api/chat", chat("llama3.2"), nil)
+		if st != 502 || !strings.Contains(string(body), "upstream_") {
+			t.Fatalf("status %d: %s", st, body)
+		}
+	})
+	t.Run("non-streamed body over the cap", func(t *testing.T) {
+		req, _ := http.NewRequest("POST", e.url+"/api/chat", strings.NewReader(chat("fault:big_body")))
+		resp, err := testClient.Do(req)
+		if err == nil {
+			_, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+		}
+		if err == nil {
+			t.Fatal("a body over upstream.max_response_bytes was delivered whole")
+		}
+	})
+	t.Run("CONNECT refused", func(t *testing.T) {
+		resp, _ := rawExchange(t, strings.TrimPrefix(e.url, "http://"), "CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n")
+		if statusOf(resp) != "405" {
+			t.Fatalf("%q", resp)
+		}
+	})
+	t.Run("normalised path is what is forwarded", func(t *testing.T) {
+		if st, _, _ := e.do("GET", "/api/./tags?x=1", "", nil); st != 200 {
+			t.Fatalf("status %d", st)
+		}
+		reqs := e.fake.Requests()
+		if last := reqs[len(reqs)-1]; last.Path != "/api/tags" || last.RawQuery != "x=1" {
+			t.Fatalf("fake got %q ? %q", last.Path, last.RawQuery)
+		}
+	})
+}

@@ -109,7 +109,7 @@ func (p *Pool) RunHealth(ctx context.Context, observe func(HealthChange)) {
 	defer t.Stop()
 	for {
 		start := time.Now()
-		err := p.probe(client)
+		err := p.safeProbe(client)
 		if ch, changed := p.health.record(err, time.Since(start), start); changed && observe != nil {
 			observe(ch)
 		}
@@ -119,6 +119,17 @@ func (p *Pool) RunHealth(ctx context.Context, observe func(HealthChange)) {
 		case <-t.C:
 		}
 	}
+}
+
+// safeProbe runs one probe; a panic in it counts as a failed probe rather
+// than ending the prober (and so readiness) for the life of the process.
+func (p *Pool) safeProbe(client *fasthttp.HostClient) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("health probe panicked: %v", r)
+		}
+	}()
+	return p.probe(client)
 }
 
 func (p *Pool) probe(client *fasthttp.HostClient) error {
