@@ -11,38 +11,47 @@ import (
 
 // Outcomes, the access log's `outcome` field (RELIABILITY.md §1).
 const (
-	outcomeOK                   = "ok"
-	outcomeClientError          = "client_error"
-	outcomeAuthFailed           = "auth_failed"
-	outcomeConnectFailed        = "upstream_connect_failed"
-	outcomePoolOverflow         = "pool_overflow"
-	outcomeUpstreamTimeout      = "upstream_timeout"
-	outcomeUpstreamIdleTimeout  = "upstream_idle_timeout"
-	outcomeUpstreamReset        = "upstream_reset"
-	outcomeUpstreamProtocol     = "upstream_protocol_error"
-	outcomeUpstreamHTTPError    = "upstream_http_error"
-	outcomeUpstreamStreamError  = "upstream_stream_error"
-	outcomeUpstreamUnhealthy    = "upstream_unhealthy"
-	outcomeClientClosed         = "client_closed"
-	outcomeClientWriteTimeout   = "client_write_timeout"
-	outcomeShutdownAborted      = "shutdown_aborted"
-	outcomeInternalError        = "internal_error"
-	outcomeMaxDuration          = "max_duration"
-	outcomeUpstreamTooLarge     = "upstream_too_large"
-	statusClientClosedNoBytes   = 499
-	retryAfterSeconds           = "1"
-	retryAfterUnhealthySeconds  = "5"
-	errorTypeInvalidRequest     = "invalid_request_error"
-	errorTypeAuthentication     = "authentication_error"
-	errorTypeRateLimit          = "rate_limit_error"
-	errorTypeAPI                = "api_error"
-	errorTypeOverloaded         = "overloaded_error"
-	errorTypeTimeout            = "timeout_error"
-	errorTypeNotFound           = "not_found_error"
-	errorTypePermissionDenied   = "permission_error"
-	errorTypeRequestTooLarge    = "request_too_large"
-	errorTypeUnsupportedMedia   = "invalid_request_error"
-	errorTypeServiceUnavailable = "api_error"
+	outcomeOK                  = "ok"
+	outcomeClientError         = "client_error"
+	outcomeAuthFailed          = "auth_failed"
+	outcomeConnectFailed       = "upstream_connect_failed"
+	outcomePoolOverflow        = "pool_overflow"
+	outcomeUpstreamTimeout     = "upstream_timeout"
+	outcomeUpstreamIdleTimeout = "upstream_idle_timeout"
+	outcomeUpstreamReset       = "upstream_reset"
+	outcomeUpstreamProtocol    = "upstream_protocol_error"
+	outcomeUpstreamHTTPError   = "upstream_http_error"
+	outcomeUpstreamStreamError = "upstream_stream_error"
+	outcomeUpstreamUnhealthy   = "upstream_unhealthy"
+	outcomeUpstreamTooLarge    = "upstream_too_large"
+	outcomeClientClosed        = "client_closed"
+	outcomeClientWriteTimeout  = "client_write_timeout"
+	outcomeShutdownAborted     = "shutdown_aborted"
+	outcomeInternalError       = "internal_error"
+	outcomeMaxDuration         = "max_duration"
+)
+
+// statusClientClosedNoBytes is logged when the client left before any
+// status was sent (nginx's 499).
+const statusClientClosedNoBytes = 499
+
+// Retry-After values, in seconds.
+const (
+	retryAfterSeconds          = "1"
+	retryAfterUnhealthySeconds = "5"
+)
+
+// Error `type` values of the OpenAI and Anthropic error objects.
+const (
+	errorTypeInvalidRequest   = "invalid_request_error"
+	errorTypeAuthentication   = "authentication_error"
+	errorTypeRateLimit        = "rate_limit_error"
+	errorTypeAPI              = "api_error"
+	errorTypeOverloaded       = "overloaded_error"
+	errorTypeTimeout          = "timeout_error"
+	errorTypeNotFound         = "not_found_error"
+	errorTypePermissionDenied = "permission_error"
+	errorTypeRequestTooLarge  = "request_too_large"
 )
 
 // apiError is a gateway-made error: status, machine code, human message
