@@ -95,6 +95,8 @@ func defaults() map[string]any {
 		"chat.max_history_messages":   gateway.DefaultMaxHistoryMessages,
 		"chat.max_body_bytes":         gateway.DefaultMaxChatBodyBytes,
 		"chat.max_prompt_bytes":       gateway.DefaultMaxPromptBytes,
+		"chat.max_tokens":             gateway.DefaultChatMaxTokens,
+		"chat.max_context":            0,
 		"log.level":                   "info",
 		"log.dir":                     "logs",
 		"log.max_size_mb":             100,

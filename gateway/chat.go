@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"strconv"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -397,5 +398,35 @@ func (g *Gateway) chatUpstreamBody(cr chatRequest) ollamaChatRequest {
 	}
 	msgs = append(msgs, hist...)
 	msgs = append(msgs, ollamaMessage{Role: "user", Content: cr.Prompt})
-	return ollamaChatRequest{Model: model, Messages: msgs, Stream: cr.Stream, Options: cr.Options}
+	return ollamaChatRequest{Model: model, Messages: msgs, Stream: cr.Stream, Options: capOptions(cr.Options, g.chat)}
+}
+
+// capOptions applies chat.max_tokens and chat.max_context to a /chat
+// request's options: absent, unlimited (negative) or larger values become
+// the cap. Other options pass unchanged.
+func capOptions(raw json.RawMessage, cfg ChatConfig) json.RawMessage {
+	if cfg.MaxTokens <= 0 && cfg.MaxContext <= 0 {
+		return raw
+	}
+	opts := map[string]json.RawMessage{}
+	if len(raw) > 0 {
+		_ = json.Unmarshal(raw, &opts) // validated as an object by parseChatRequest
+	}
+	capKey := func(key string, limit int) {
+		if limit <= 0 {
+			return
+		}
+		var v float64
+		if b, ok := opts[key]; ok && json.Unmarshal(b, &v) == nil && v >= 0 && v <= float64(limit) {
+			return
+		}
+		opts[key] = json.RawMessage(strconv.Itoa(limit))
+	}
+	capKey("num_predict", cfg.MaxTokens)
+	capKey("num_ctx", cfg.MaxContext)
+	out, err := json.Marshal(opts)
+	if err != nil {
+		return raw
+	}
+	return out
 }

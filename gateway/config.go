@@ -20,6 +20,7 @@ const (
 	DefaultMaxChatBodyBytes   = 1 << 20
 	DefaultMaxPromptBytes     = 256 << 10
 	DefaultMaxHistoryMessages = 20
+	DefaultChatMaxTokens      = 4096
 )
 
 // Config is the data listener's configuration (config keys gateway.*).
@@ -72,6 +73,13 @@ type ChatConfig struct {
 	// MaxPromptBytes caps the prompt field (400 prompt_too_long).
 	// Default DefaultMaxPromptBytes.
 	MaxPromptBytes int `mapstructure:"max_prompt_bytes"`
+	// MaxTokens caps options.num_predict on every /chat upstream call (a
+	// request asking for more, or for unlimited -1, gets the cap), so one
+	// prompt cannot hold the GPU for an unbounded generation. Default
+	// DefaultChatMaxTokens; negative means no cap.
+	MaxTokens int `mapstructure:"max_tokens"`
+	// MaxContext caps options.num_ctx the same way. Default 0: no cap.
+	MaxContext int `mapstructure:"max_context"`
 }
 
 // AuthConfig lists the keys the gateway accepts (config keys auth.*).
@@ -162,12 +170,15 @@ func (c ChatConfig) withDefaults() ChatConfig {
 	if c.MaxPromptBytes == 0 {
 		c.MaxPromptBytes = DefaultMaxPromptBytes
 	}
+	if c.MaxTokens == 0 {
+		c.MaxTokens = DefaultChatMaxTokens
+	}
 	return c
 }
 
 func (c ChatConfig) validate() error {
-	if c.MaxBodyBytes < 0 || c.MaxPromptBytes < 0 {
-		return fmt.Errorf("chat.max_body_bytes, chat.max_prompt_bytes: must not be negative")
+	if c.MaxBodyBytes < 0 || c.MaxPromptBytes < 0 || c.MaxContext < 0 {
+		return fmt.Errorf("chat.max_body_bytes, chat.max_prompt_bytes, chat.max_context: must not be negative")
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -459,4 +460,26 @@ func TestUpstreamFaultsPassThrough(t *testing.T) {
 			t.Fatalf("fake got %q ? %q", last.Path, last.RawQuery)
 		}
 	})
+}
+
+func TestChatCaps(t *testing.T) {
+	e := startEnv(t, envOptions{chat: gateway.ChatConfig{MaxTokens: 5, MaxContext: 2048}})
+	for _, tc := range []struct{ name, options, want string }{
+		{"absent", ``, `{"num_ctx":2048,"num_predict":5}`},
+		{"unlimited", `,"options":{"num_predict":-1,"temperature":0.5}`, `{"num_ctx":2048,"num_predict":5,"temperature":0.5}`},
+		{"under the cap", `,"options":{"num_predict":3,"num_ctx":1024}`, `{"num_ctx":1024,"num_predict":3}`},
+		{"over the cap", `,"options":{"num_predict":100000,"num_ctx":1000000}`, `{"num_ctx":2048,"num_predict":5}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if st, _, body := e.do("POST", "/chat", `{"prompt":"hi"`+tc.options+`}`, nil); st != 200 {
+				t.Fatalf("%d %s", st, body)
+			}
+			reqs := e.fake.Requests()
+			var sent struct{ Options json.RawMessage }
+			_ = json.Unmarshal(reqs[len(reqs)-1].Body, &sent)
+			if string(sent.Options) != tc.want {
+				t.Fatalf("upstream options %s, want %s", sent.Options, tc.want)
+			}
+		})
+	}
 }
