@@ -30,6 +30,8 @@ type exchange struct {
 	scratch     []byte
 	model       string
 	keyName     string
+	// idReplaced: the client sent a correlation ID that was not kept.
+	idReplaced bool
 	// key holds a concurrency slot of the request's key until finish.
 	key *apiKey
 
@@ -79,6 +81,7 @@ func (g *Gateway) newExchange(ctx *fasthttp.RequestCtx) *exchange {
 	*x = exchange{g: g, start: time.Now(), path: append(path, ctx.Path()...), remote: append(remote, ctx.RemoteIP()...), scratch: scratch}
 	res := trace.Resolve(ctx.Request.Header.Peek(trace.HeaderCorrelationID), ctx.Request.Header.Peek(trace.HeaderRequestID))
 	x.id = res.ID
+	x.idReplaced = res.Replaced
 	x.trace.ParseTraceparent(ctx.Request.Header.Peek(trace.HeaderTraceparent))
 	x.traceparent = x.trace.AppendTraceparent(tp)
 	x.method = methodString(ctx.Method())
@@ -138,6 +141,9 @@ func (x *exchange) finish() {
 		}
 		if x.retries > 0 {
 			e.Int("retries", x.retries)
+		}
+		if x.idReplaced {
+			e.Bool("correlation_id_replaced", true)
 		}
 		if x.model != "" {
 			e.Str("model", x.model)

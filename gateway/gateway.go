@@ -178,6 +178,10 @@ func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 		ctx.SetBody(healthzBody)
 		return
 	}
+	if x.route == routeAdminOnly {
+		g.reject(ctx, x, apiError{404, "not_found", "admin routes are served on the admin listener only", outcomeClientError, ""})
+		return
+	}
 	if ctx.IsConnect() || ctx.IsTrace() {
 		g.reject(ctx, x, apiError{405, "method_not_allowed", "CONNECT and TRACE are not supported", outcomeClientError, ""})
 		ctx.SetConnectionClose()

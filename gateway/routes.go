@@ -42,6 +42,9 @@ var (
 	routeUnknown = route{name: "unknown", family: familyNative}
 	routeChat    = route{name: "/chat", family: familyChat}
 	routeHealthz = route{name: "/healthz", family: familyProbe}
+	// routeAdminOnly: admin paths exist only on the admin listener; the
+	// data listener answers 404 itself rather than forward them.
+	routeAdminOnly = route{name: "admin_only", family: familyNative}
 )
 
 // exactRoutes are the known fixed paths.
@@ -68,12 +71,15 @@ var exactRoutes = map[string]route{
 	"/v1/messages":         {name: "/v1/messages", family: familyAnthropic},
 	"/chat":                routeChat,
 	"/healthz":             routeHealthz,
+	"/readyz":              routeAdminOnly,
+	"/metrics":             routeAdminOnly,
 }
 
 var (
 	prefixBlobs    = []byte("/api/blobs/")
 	prefixV1Models = []byte("/v1/models/")
 	prefixV1       = []byte("/v1/")
+	prefixAdmin    = []byte("/admin")
 )
 
 // classify maps a normalised path (fasthttp's ctx.Path) to its route. It is
@@ -84,6 +90,8 @@ func classify(path []byte) route {
 		return r
 	}
 	switch {
+	case bytes.HasPrefix(path, prefixAdmin):
+		return routeAdminOnly
 	case bytes.HasPrefix(path, prefixBlobs):
 		return route{name: "/api/blobs/:digest", family: familyNative, manage: true}
 	case bytes.HasPrefix(path, prefixV1Models):
