@@ -44,6 +44,7 @@ type UsageStats struct {
 	Errors            int64 `json:"errors"`
 	Retries           int64 `json:"retries"`
 	ClientDisconnects int64 `json:"client_disconnects"`
+	Abandoned         int64 `json:"abandoned_in_queue"`
 }
 
 // HealthView is the health prober's view of an upstream.
@@ -95,7 +96,7 @@ func NewPoolView(s pool.Snapshot) PoolView {
 			ClientsCreated: s.ClientsCreated, RequestsMade: s.RequestsMade,
 			ConnectionsOpened: s.ConnectionsOpened, ConnectionsClosed: s.ConnectionsClosed,
 			WaitTimeouts: s.WaitTimeouts, QueueRejections: s.QueueRejections, Errors: s.Errors,
-			Retries: s.Retries, ClientDisconnects: s.ClientDisconnects,
+			Retries: s.Retries, ClientDisconnects: s.ClientDisconnects, Abandoned: s.Abandoned,
 		},
 		Health: h,
 	}

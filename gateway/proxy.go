@@ -74,7 +74,7 @@ func (g *Gateway) proxy(ctx *fasthttp.RequestCtx, x *exchange, keyInAuthorizatio
 			return false
 		}
 	}
-	release, waited, err := g.pool.Acquire(g.closing)
+	release, waited, err := g.pool.AcquireWhile(g.closing, clientGone(ctx.Conn()))
 	x.queueWait = waited
 	if err != nil {
 		g.reject(ctx, x, upstreamError(err))

@@ -483,3 +483,35 @@ func TestChatCaps(t *testing.T) {
 		})
 	}
 }
+
+// TestQueuedClientLeaves: a client that gives up while its request waits
+// for a pool slot never takes an upstream slot (F-19).
+func TestQueuedClientLeaves(t *testing.T) {
+	e := startEnv(t, envOptions{pool: pool.Config{MaxConnections: 1, MaxWait: 5 * time.Second}})
+	go func() {
+		c := &http.Client{Timeout: 3 * time.Second}
+		if resp, err := c.Post(e.url+"/api/chat", "application/json", strings.NewReader(`{"model":"fault:hang","messages":[{"role":"user","content":"hi"}]}`)); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	waitFor(t, 2*time.Second, "slot taken", func() bool { return e.pool.Snapshot().RequestsInFlight == 1 })
+	c, err := net.Dial("tcp", strings.TrimPrefix(e.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := `{"model":"llama3.2","stream":false,"messages":[{"role":"user","content":"hi"}]}`
+	io.WriteString(c, "POST /api/chat HTTP/1.1\r\nHost: x\r\nX-Correlation-ID: queued-then-gone\r\nContent-Length: "+itoa(len(body))+"\r\n\r\n"+body)
+	waitFor(t, 2*time.Second, "request queued", func() bool { return e.pool.Snapshot().RequestsWaiting == 1 })
+	c.Close()
+	waitFor(t, 2*time.Second, "queued request dropped", func() bool {
+		s := e.pool.Snapshot()
+		return s.RequestsWaiting == 0 && s.Abandoned == 1
+	})
+	if s := e.pool.Snapshot(); s.WaitTimeouts != 0 || s.RequestsMade != 1 {
+		t.Fatalf("abandoned request went on: %+v", s)
+	}
+	waitFor(t, 2*time.Second, "access line", func() bool {
+		l := e.logs.accessLines(t, "queued-then-gone")
+		return len(l) == 1 && l[0]["outcome"] == "client_closed" && l[0]["status"] == float64(499)
+	})
+}

@@ -22,6 +22,8 @@ var (
 	ErrUnhealthy = errors.New("pool: upstream marked unhealthy by health checks")
 	// ErrClosed: the pool is shutting down and takes no more requests.
 	ErrClosed = errors.New("pool: closed")
+	// ErrAbandoned: the client left while the request was queued.
+	ErrAbandoned = errors.New("pool: client left while queued")
 )
 
 // Upstream errors: what went wrong talking to the upstream. Returned errors

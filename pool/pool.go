@@ -24,6 +24,7 @@ type Stats struct {
 	Errors            atomic.Int64 // upstream errors: connect, timeout, reset, protocol, mid-stream
 	Retries           atomic.Int64 // requests sent a second time because the first never arrived
 	ClientDisconnects atomic.Int64 // upstream connections closed because the client left
+	Abandoned         atomic.Int64 // queued requests whose client left before a slot came free
 }
 
 // Pool is one upstream behind a hard bound on connections. All of the
@@ -105,6 +106,18 @@ func (p *Pool) MaxResponseBytes() int { return p.up.MaxResponseBytes }
 // example on shutdown. The returned release must be called exactly once,
 // after the upstream response is finished with. waited is the queue time.
 func (p *Pool) Acquire(cancel <-chan struct{}) (release func(), waited time.Duration, err error) {
+	return p.AcquireWhile(cancel, nil)
+}
+
+// clientPollInterval is how often a queued request checks that its client
+// is still there.
+const clientPollInterval = 50 * time.Millisecond
+
+// AcquireWhile is Acquire for a request whose client may leave: while it
+// waits in the queue, gone (may be nil) is polled every clientPollInterval
+// and a true ends the wait with ErrAbandoned, so a vanished client never
+// takes an upstream slot (HAProxy's abortonclose).
+func (p *Pool) AcquireWhile(cancel <-chan struct{}, gone func() bool) (release func(), waited time.Duration, err error) {
 	select {
 	case <-p.closing:
 		return nil, 0, ErrClosed
@@ -128,17 +141,30 @@ func (p *Pool) Acquire(cancel <-chan struct{}) (release func(), waited time.Dura
 	t := time.NewTimer(p.cfg.MaxWait)
 	defer t.Stop()
 	defer p.stats.Waiting.Add(-1)
-	select {
-	case p.slots <- struct{}{}:
-		p.stats.InFlight.Add(1)
-		return p.releaseFn, time.Since(start), nil
-	case <-t.C:
-		p.stats.WaitTimeouts.Add(1)
-		return nil, time.Since(start), ErrPoolExhausted
-	case <-p.closing:
-		return nil, time.Since(start), ErrClosed
-	case <-cancel:
-		return nil, time.Since(start), ErrClosed
+	var poll <-chan time.Time
+	if gone != nil {
+		tk := time.NewTicker(clientPollInterval)
+		defer tk.Stop()
+		poll = tk.C
+	}
+	for {
+		select {
+		case p.slots <- struct{}{}:
+			p.stats.InFlight.Add(1)
+			return p.releaseFn, time.Since(start), nil
+		case <-t.C:
+			p.stats.WaitTimeouts.Add(1)
+			return nil, time.Since(start), ErrPoolExhausted
+		case <-p.closing:
+			return nil, time.Since(start), ErrClosed
+		case <-cancel:
+			return nil, time.Since(start), ErrClosed
+		case <-poll:
+			if gone() {
+				p.stats.Abandoned.Add(1)
+				return nil, time.Since(start), ErrAbandoned
+			}
+		}
 	}
 }
 

@@ -25,6 +25,7 @@ type Snapshot struct {
 	Errors            int64
 	Retries           int64
 	ClientDisconnects int64
+	Abandoned         int64
 	Health            HealthSnapshot
 	Config            Config
 	UpstreamConfig    UpstreamConfig
@@ -58,6 +59,7 @@ func (p *Pool) Snapshot() Snapshot {
 		Errors:            s.Errors.Load(),
 		Retries:           s.Retries.Load(),
 		ClientDisconnects: s.ClientDisconnects.Load(),
+		Abandoned:         s.Abandoned.Load(),
 		Health:            p.health.snapshot(),
 		Config:            p.cfg,
 		UpstreamConfig:    p.up,
