@@ -92,6 +92,7 @@ func defaults() map[string]any {
 		"auth.keys":                   []gateway.KeyConfig{},
 		"auth.keys_file":              "",
 		"auth.allow_model_management": false,
+		"auth.max_failures_per_ip":    0,
 		"chat.max_history_messages":   gateway.DefaultMaxHistoryMessages,
 		"chat.max_body_bytes":         gateway.DefaultMaxChatBodyBytes,
 		"chat.max_prompt_bytes":       gateway.DefaultMaxPromptBytes,

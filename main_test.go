@@ -481,3 +481,25 @@ func tailOf(s string, n int) string {
 	}
 	return s
 }
+
+// TestLogSinkFailsAtRuntime: gateway.log is a device that refuses every
+// write (Linux's /dev/full); requests are unaffected and stdout still logs.
+func TestLogSinkFailsAtRuntime(t *testing.T) {
+	if _, err := os.Stat("/dev/full"); err != nil {
+		t.Skip("no /dev/full")
+	}
+	dir := t.TempDir()
+	if err := os.Symlink("/dev/full", filepath.Join(dir, "gateway.log")); err != nil {
+		t.Fatal(err)
+	}
+	p := startProcess(t, []string{"serve", "--demo"}, "VEGA_LOG_DIR="+dir)
+	for i := 0; i < 20; i++ {
+		if st, _, body := post(t, "http://"+p.data+"/chat", `{"prompt":"hi"}`, map[string]string{"X-Correlation-ID": "full-disk-" + strings.Repeat("x", i%3)}); st != 200 {
+			t.Fatalf("request %d: %d %s", i, st, body)
+		}
+	}
+	p.stop(t)
+	if !strings.Contains(p.stdout.String(), "full-disk-") {
+		t.Fatal("stdout lost the access lines when the log file failed")
+	}
+}

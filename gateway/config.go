@@ -99,6 +99,11 @@ type AuthConfig struct {
 	// create, copy, delete and blobs when the gateway is open. Default
 	// false: model management needs a key with the models:manage scope.
 	AllowModelManagement bool `mapstructure:"allow_model_management"`
+	// MaxFailuresPerIP is how many failed authentications one client IP
+	// may make per minute before it gets 429 for the rest of that minute.
+	// 0 (the default) means no budget. Behind a local TLS terminator every
+	// client is 127.0.0.1: leave it off there.
+	MaxFailuresPerIP int `mapstructure:"max_failures_per_ip"`
 }
 
 func (c Config) withDefaults() Config {

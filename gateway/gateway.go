@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"net"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -28,6 +29,8 @@ type Gateway struct {
 	closing  chan struct{}
 	panics   atomic.Int64
 	streams  streamSet
+	// failures is the per-IP authentication failure budget (nil: off).
+	failures *failureBudget
 	// allowed is the model allowlist (nil: any model), names normalised.
 	allowed map[string]bool
 	// faultHook, when set (tests only), is called at named points of the
@@ -75,7 +78,11 @@ func New(cfg Config, chat ChatConfig, auth AuthConfig, pools []*pool.Pool, log z
 	if err != nil {
 		return nil, err
 	}
-	g := &Gateway{cfg: cfg, chat: chat, auth: auth, pool: pools[0], log: log, closing: make(chan struct{})}
+	if auth.MaxFailuresPerIP < 0 {
+		return nil, errors.New("auth.max_failures_per_ip: must not be negative")
+	}
+	g := &Gateway{cfg: cfg, chat: chat, auth: auth, pool: pools[0], log: log, closing: make(chan struct{}),
+		failures: newFailureBudget(auth.MaxFailuresPerIP)}
 	for _, m := range cfg.ModelAllowlist {
 		if g.allowed == nil {
 			g.allowed = map[string]bool{}
@@ -200,8 +207,13 @@ func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 		ctx.SetConnectionClose()
 		return
 	}
+	if over, wait := g.failures.blocked(x.remote, x.start); over {
+		g.reject(ctx, x, apiError{429, "rate_limited", "too many failed authentications from this address", outcomeAuthFailed, strconv.FormatInt(wait, 10)})
+		return
+	}
 	res, key, fromAuthz := g.keys.Load().check(&ctx.Request.Header)
 	if res != authOK && res != authOpen {
+		g.failures.fail(x.remote, x.start)
 		g.reject(ctx, x, errUnauthorized)
 		return
 	}

@@ -515,3 +515,17 @@ func TestQueuedClientLeaves(t *testing.T) {
 		return len(l) == 1 && l[0]["outcome"] == "client_closed" && l[0]["status"] == float64(499)
 	})
 }
+
+func TestAuthFailureBudget(t *testing.T) {
+	const key = "budget-key-0123456789abcdef012345678"
+	e := startEnv(t, envOptions{auth: gateway.AuthConfig{APIKeys: []string{key}, MaxFailuresPerIP: 3}})
+	for i := 0; i < 3; i++ {
+		if st, _, _ := e.do("GET", "/api/tags", "", map[string]string{"X-API-Key": "guess"}); st != 401 {
+			t.Fatalf("guess %d: %d", i, st)
+		}
+	}
+	st, h, body := e.do("GET", "/api/tags", "", map[string]string{"X-API-Key": key})
+	if st != 429 || decodeJSON(t, body)["code"] != "rate_limited" || h.Get("Retry-After") == "" {
+		t.Fatalf("after the budget: %d %s", st, body)
+	}
+}
