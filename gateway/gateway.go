@@ -96,7 +96,7 @@ func New(cfg Config, chat ChatConfig, auth AuthConfig, pools []*pool.Pool, log z
 		Name:                         "vega-gateway",
 		NoDefaultServerHeader:        true,
 		ReadBufferSize:               cfg.MaxHeaderBytes,
-		WriteBufferSize:              16 << 10,
+		WriteBufferSize:              4 << 10, // frames are flushed one by one; a big buffer only costs memory per stream
 		ReadTimeout:                  cfg.ReadTimeout,
 		IdleTimeout:                  cfg.KeepAliveTimeout,
 		MaxRequestBodySize:           max(cfg.MaxBodyBytes, chat.MaxBodyBytes),

@@ -78,7 +78,7 @@ func New(up UpstreamConfig, cfg Config) (*Pool, error) {
 		DisablePathNormalizing:        true,
 		NoDefaultUserAgentHeader:      true,
 		SecureErrorLogMessage:         true,
-		ReadBufferSize:                16 << 10,
+		ReadBufferSize:                8 << 10, // response headers only; bodies stream past it
 		// Retries are Do's decision, made with knowledge fasthttp lacks
 		// (was the connection reused? did any byte come back?).
 		RetryIfErr: func(*fasthttp.Request, int, error) (bool, bool) { return false, false },
