@@ -519,6 +519,9 @@ func TestQueuedClientLeaves(t *testing.T) {
 func TestAuthFailureBudget(t *testing.T) {
 	const key = "budget-key-0123456789abcdef012345678"
 	e := startEnv(t, envOptions{auth: gateway.AuthConfig{APIKeys: []string{key}, MaxFailuresPerIP: 3}})
+	if s := time.Now().Second(); s >= 57 {
+		time.Sleep(time.Duration(61-s) * time.Second) // the budget counts in minute windows
+	}
 	for i := 0; i < 3; i++ {
 		if st, _, _ := e.do("GET", "/api/tags", "", map[string]string{"X-API-Key": "guess"}); st != 401 {
 			t.Fatalf("guess %d: %d", i, st)
