@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"strings"
@@ -530,5 +531,23 @@ func TestAuthFailureBudget(t *testing.T) {
 	st, h, body := e.do("GET", "/api/tags", "", map[string]string{"X-API-Key": key})
 	if st != 429 || decodeJSON(t, body)["code"] != "rate_limited" || h.Get("Retry-After") == "" {
 		t.Fatalf("after the budget: %d %s", st, body)
+	}
+}
+
+// TestOversizedReplyRefusedBeforeHeaders: a non-streamed upstream body
+// whose Content-Length exceeds upstream.max_response_bytes gets 502 before
+// any byte is relayed.
+func TestOversizedReplyRefusedBeforeHeaders(t *testing.T) {
+	big := strings.Repeat("x", 2<<20)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Length", itoa(len(big)))
+		io.WriteString(w, big)
+	}))
+	defer up.Close()
+	e := startEnv(t, envOptions{noFake: true, upURL: up.URL, upstream: pool.UpstreamConfig{MaxResponseBytes: 1 << 20}})
+	st, _, body := e.do("POST", "/api/chat", `{"model":"llama3.2","stream":false}`, nil)
+	if st != 502 || decodeJSON(t, body)["code"] != "upstream_too_large" {
+		t.Fatalf("%d %.200s", st, body)
 	}
 }
