@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,9 +23,12 @@ var (
 	chatBody   = []byte(`{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"stream":false}`)
 	streamBody = []byte(`{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}`)
 	doneTrue   = []byte(`"done":true`)
+	// vegaChatBody is the same question through Vega's own /chat.
+	vegaChatBody = []byte(`{"prompt":"hi"}`)
 )
 
 const (
+	correlationHeader = "X-Correlation-ID"
 	// maxRequestsPerWorker caps a worker's requests in one case.
 	maxRequestsPerWorker = 2_000_000
 	// requestTimeout bounds one request, or one whole stream.
@@ -44,10 +48,10 @@ func newClient(addr string, conns int, stream bool) *fasthttp.HostClient {
 	}
 }
 
-func newRequest(addr string, body []byte) *fasthttp.Request {
+func newRequest(addr, path string, body []byte) *fasthttp.Request {
 	req := fasthttp.AcquireRequest()
 	req.Header.SetMethod(fasthttp.MethodPost)
-	req.SetRequestURI("http://" + addr + "/api/chat")
+	req.SetRequestURI("http://" + addr + path)
 	req.Header.SetContentType("application/json")
 	req.SetBodyRaw(body)
 	return req
@@ -70,8 +74,17 @@ func (f *failures) add(format string, args ...any) {
 }
 
 // runNonStream sends small stream:false chats from conns workers for d,
-// after a warmup whose requests are not counted.
-func runNonStream(addr string, conns int, warmup, d time.Duration) result {
+// after a warmup whose requests are not counted. With vega, the gateways
+// get Vega's POST /chat {"prompt":"hi"} and the other targets the
+// equivalent /api/chat "stream":false; every request carries its own
+// X-Correlation-ID, which the gateway must echo in its header and body.
+func runNonStream(t target, conns int, warmup, d time.Duration, vega bool) result {
+	addr := t.addr
+	path, body := "/api/chat", chatBody
+	checkID := false
+	if vega && strings.HasPrefix(t.name, "gateway") {
+		path, body, checkID = "/chat", vegaChatBody, true
+	}
 	c := newClient(addr, conns, false)
 	defer c.CloseIdleConnections()
 	var fails failures
@@ -84,24 +97,36 @@ func runNonStream(addr string, conns int, warmup, d time.Duration) result {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			req := newRequest(addr, chatBody)
+			req := newRequest(addr, path, body)
 			defer fasthttp.ReleaseRequest(req)
 			resp := fasthttp.AcquireResponse()
 			defer fasthttp.ReleaseResponse(resp)
-			for range maxRequestsPerWorker {
+			var id, want []byte
+			for i := range maxRequestsPerWorker {
+				if vega {
+					id = fmt.Appendf(id[:0], "bench-%d-%d", w, i)
+					req.Header.SetBytesV(correlationHeader, id)
+				}
 				t0 := time.Now()
 				if !t0.Before(deadline) {
 					return
 				}
 				err := c.DoTimeout(req, resp, requestTimeout)
 				lat := time.Since(t0)
+				ok := err == nil && resp.StatusCode() == fasthttp.StatusOK && json.Valid(resp.Body())
+				if ok && checkID {
+					want = fmt.Appendf(want[:0], `"correlation_id":%q`, id)
+					ok = bytes.Equal(resp.Header.Peek(correlationHeader), id) && bytes.Contains(resp.Body(), want)
+				} else if ok {
+					ok = bytes.Contains(resp.Body(), doneTrue)
+				}
 				switch {
 				case err != nil:
 					fails.add("%v", err)
 					time.Sleep(time.Millisecond) // no hot loop against a dead server
 					continue
-				case resp.StatusCode() != fasthttp.StatusOK || !bytes.Contains(resp.Body(), doneTrue) || !json.Valid(resp.Body()):
-					fails.add("status %d body %.200q", resp.StatusCode(), resp.Body())
+				case !ok:
+					fails.add("status %d, %s %q, body %.200q", resp.StatusCode(), correlationHeader, resp.Header.Peek(correlationHeader), resp.Body())
 					continue
 				}
 				if !t0.Before(measureFrom) {
@@ -142,7 +167,7 @@ func runStream(addr string, conc, tokens int, pacing, warmup, d time.Duration) r
 		go func() {
 			defer wg.Done()
 			time.Sleep(streamLen * time.Duration(w) / time.Duration(conc))
-			req := newRequest(addr, streamBody)
+			req := newRequest(addr, "/api/chat", streamBody)
 			defer fasthttp.ReleaseRequest(req)
 			resp := fasthttp.AcquireResponse()
 			defer fasthttp.ReleaseResponse(resp)

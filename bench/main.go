@@ -22,30 +22,38 @@ type benchCase struct {
 	title   string
 	tokens  int           // fake reply length; 0: the fake's default
 	delay   time.Duration // fake pacing
-	run     func(addr string) result
+	run     func(t target) result
 	metrics []metric
+	// gateway pool bounds and nginx worker_connections; 0: the common ones
+	maxConns, maxQueue, nginxConns int
 }
 
 func main() {
 	var (
-		duration = flag.Duration("duration", 10*time.Second, "measured time per case, per target, per run")
-		warmup   = flag.Duration("warmup", time.Second, "unmeasured time before each measurement")
-		runs     = flag.Int("runs", 3, "runs per case; the table shows medians (failures and stalls: the worst run)")
-		cases    = flag.String("cases", "nonstream,stream1,stream200", "comma-separated cases to run")
-		conns    = flag.Int("conns", 50, "keep-alive connections for nonstream")
-		streams  = flag.Int("streams", 200, "concurrent streams for stream200")
-		tokens   = flag.Int("tokens", 50, "tokens per stream")
-		pacing   = flag.Duration("pacing", 5*time.Millisecond, "fake Ollama's delay between two tokens when streaming")
-		nginx    = flag.Bool("nginx", true, "include nginx when "+nginxPath+" exists")
-		pin      = flag.Bool("pin", true, "with taskset and 2+ CPUs: servers on CPU 0, load generator on CPU 1")
+		duration    = flag.Duration("duration", 10*time.Second, "measured time per case, per target, per run")
+		warmup      = flag.Duration("warmup", time.Second, "unmeasured time before each measurement")
+		runs        = flag.Int("runs", 3, "runs per case; the table shows medians (failures and stalls: the worst run)")
+		cases       = flag.String("cases", "nonstream,stream1,stream200,chat,scale", "comma-separated cases to run")
+		conns       = flag.Int("conns", 50, "keep-alive connections for nonstream")
+		streams     = flag.Int("streams", 200, "concurrent streams for stream200")
+		tokens      = flag.Int("tokens", 50, "tokens per stream")
+		pacing      = flag.Duration("pacing", 5*time.Millisecond, "fake Ollama's delay between two tokens when streaming")
+		scaleN      = flag.Int("scale-streams", 5000, "concurrent streams for scale")
+		scaleTokens = flag.Int("scale-tokens", 20, "tokens per stream for scale")
+		scalePacing = flag.Duration("scale-pacing", 500*time.Millisecond, "fake Ollama's delay between two tokens for scale")
+		scaleRamp   = flag.Duration("scale-ramp", 3*time.Second, "scale: the streams' starts are spread over this")
+		nginx       = flag.Bool("nginx", true, "include nginx when "+nginxPath+" exists")
+		pin         = flag.Bool("pin", true, "with taskset and 2+ CPUs: servers on CPU 0, load generator on CPU 1")
 
 		serveMode = flag.Bool("serve", false, "internal: run the servers for the parent process")
 		sf        serveFlags
 	)
+	flag.StringVar(&sf.role, "serve-role", "", "internal")
+	flag.IntVar(&sf.maxQueue, "serve-maxqueue", 0, "internal")
+	flag.IntVar(&sf.nginxConns, "serve-nginxconns", 0, "internal")
 	flag.IntVar(&sf.tokens, "serve-tokens", 0, "internal")
 	flag.DurationVar(&sf.delay, "serve-delay", 0, "internal")
 	flag.IntVar(&sf.maxConns, "serve-maxconns", 0, "internal")
-	flag.BoolVar(&sf.nginx, "serve-nginx", false, "internal")
 	flag.StringVar(&sf.dir, "serve-dir", "", "internal")
 	flag.StringVar(&sf.upstream, "serve-upstream", "", "internal")
 	flag.Parse()
@@ -60,24 +68,42 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench: -runs must be 1..20 and -duration in (0, 10m]")
 		os.Exit(2)
 	}
+	if *scaleN < 1 || *scaleN > 9000 || *scaleTokens < 1 || *scaleTokens > 10000 || *scalePacing < 0 ||
+		time.Duration(*scaleTokens)**scalePacing > 5*time.Minute || *scaleRamp < 0 || *scaleRamp > time.Minute {
+		fmt.Fprintln(os.Stderr, "bench: -scale-streams must be 1..9000 (two sockets each at the proxy, 20,000 files per process), "+
+			"a scale stream at most 5m long, -scale-ramp at most 1m")
+		os.Exit(2)
+	}
 
 	all := []benchCase{
 		{
 			name: "nonstream", title: fmt.Sprintf("non-stream, %d conns", *conns),
-			run:     func(addr string) result { return runNonStream(addr, *conns, *warmup, *duration) },
+			run:     func(t target) result { return runNonStream(t, *conns, *warmup, *duration, false) },
+			metrics: nonStreamMetrics,
+		},
+		{
+			name: "chat", title: fmt.Sprintf("/chat + correlation IDs, %d conns (direct, nginx: /api/chat)", *conns),
+			run:     func(t target) result { return runNonStream(t, *conns, *warmup, *duration, true) },
 			metrics: nonStreamMetrics,
 		},
 		{
 			name: "stream1", title: fmt.Sprintf("stream ×1, %d tok × %s", *tokens, *pacing),
 			tokens: *tokens, delay: *pacing,
-			run:     func(addr string) result { return runStream(addr, 1, *tokens, *pacing, *warmup, *duration) },
+			run:     func(t target) result { return runStream(t.addr, 1, *tokens, *pacing, *warmup, *duration) },
 			metrics: streamMetrics,
 		},
 		{
 			name: "stream200", title: fmt.Sprintf("stream ×%d, %d tok × %s", *streams, *tokens, *pacing),
 			tokens: *tokens, delay: *pacing,
-			run:     func(addr string) result { return runStream(addr, *streams, *tokens, *pacing, *warmup, *duration) },
+			run:     func(t target) result { return runStream(t.addr, *streams, *tokens, *pacing, *warmup, *duration) },
 			metrics: streamMetrics,
+		},
+		{
+			name: "scale", title: fmt.Sprintf("scale: %d streams, %d tok × %s, ramp %s", *scaleN, *scaleTokens, *scalePacing, *scaleRamp),
+			tokens: *scaleTokens, delay: *scalePacing,
+			run:      func(t target) result { return runScale(t, *scaleN, *scaleTokens, *scalePacing, *scaleRamp) },
+			metrics:  scaleMetrics,
+			maxConns: *scaleN + 100, maxQueue: *scaleN, nginxConns: 3 * *scaleN, // two sockets a stream, plus closing ones and idle upstream keep-alives
 		},
 	}
 	want := strings.Split(*cases, ",")
@@ -88,7 +114,7 @@ func main() {
 		}
 	}
 	if len(selected) == 0 {
-		fmt.Fprintf(os.Stderr, "bench: no known case in -cases %q (nonstream, stream1, stream200)\n", *cases)
+		fmt.Fprintf(os.Stderr, "bench: no known case in -cases %q (nonstream, stream1, stream200, chat, scale)\n", *cases)
 		os.Exit(2)
 	}
 
@@ -117,9 +143,13 @@ func main() {
 		pinning = "servers (fake, nginx, gateways: each its own process) pinned to CPU 0, load generator to CPU 1"
 	}
 	fmt.Printf("%s\n\n", machine())
-	fmt.Printf("duration %s (+%s warmup) × %d runs per case and target; %s; gateway defaults but pool.max_connections=%d; "+
+	if err := raiseNofile(uint64(*scaleN + 1000)); err != nil {
+		fmt.Fprintln(os.Stderr, "bench: open-file limit:", err)
+	}
+	fmt.Printf("duration %s (+%s warmup) × %d runs per case and target (scale: one wave of streams per run); %s; "+
+		"each server its own process; gateway defaults but pool.max_connections=%d (scale: %d, pool.max_queue %d); "+
 		"nginx: 1 worker, proxy_buffering off, upstream keepalive, access_log to a file; gateway: access log at info to a file (diode, as in main)\n\n",
-		*duration, *warmup, *runs, pinning, maxConns)
+		*duration, *warmup, *runs, pinning, maxConns, *scaleN+100, *scaleN)
 	fmt.Printf("load average at start: %s\n\n", loadavg())
 
 	var tables []string
@@ -128,7 +158,11 @@ func main() {
 		res := map[string][]result{}
 		var names []string
 		for r := range *runs {
-			st, err := spawnStack(serveFlags{tokens: c.tokens, delay: c.delay, maxConns: maxConns, nginx: withNginx, dir: dir}, serverCPU)
+			sf := serveFlags{tokens: c.tokens, delay: c.delay, maxConns: maxConns, maxQueue: c.maxQueue, nginxConns: c.nginxConns, dir: dir}
+			if c.maxConns > 0 {
+				sf.maxConns = c.maxConns
+			}
+			st, err := spawnStack(sf, withNginx, serverCPU)
 			if err != nil {
 				fmt.Fprintln(os.Stderr, "bench:", err)
 				os.Exit(1)
@@ -143,9 +177,13 @@ func main() {
 			k := r % len(order)
 			order = append(order[k:], order[:k]...)
 			for _, t := range order {
-				got := c.run(t.addr)
+				got := c.run(t)
 				res[t.name] = append(res[t.name], got)
 				fmt.Fprintf(os.Stderr, "bench: %s run %d %-18s done", c.name, r+1, t.name)
+				if c.name == "scale" {
+					fmt.Fprintf(os.Stderr, " (ok %d, peak concurrent %d, peak RSS %.1f MiB, RSS/stream %.1f KiB, goroutines/stream %.2f)",
+						got.streams, got.peakConc, got.rssPeakMB, got.rssPerStream, got.gorPerStream)
+				}
 				if got.failed > 0 {
 					fmt.Fprintf(os.Stderr, " (%d failed, first: %s)", got.failed, got.errMsg)
 				}
@@ -160,7 +198,11 @@ func main() {
 		fmt.Print(t)
 	}
 	fmt.Printf("\nload average at end: %s\n", loadavg())
-	fmt.Println("\nCells: value, then (×ratio to direct) for throughput, (+added over direct) for latencies; ms unless stated.")
+	fmt.Println("\nCells: value, then (×ratio to direct) for throughput, (+added over direct) for latencies; ms unless stated. " +
+		"failed and stalls: the worst run; the rest: medians. chat: the gateways answer Vega's POST /chat {\"prompt\":\"hi\"}, " +
+		"direct and nginx the equivalent /api/chat \"stream\":false (nginx has no /chat); every request carries its own X-Correlation-ID. " +
+		"scale: TTFC counts from the dial; RSS is the target's process (nginx: master + worker) at its peak, per stream (peak − idle) ÷ streams; " +
+		"– does not apply.")
 }
 
 func tablesNames(withNginx bool) []string {
@@ -192,7 +234,7 @@ func rows(c benchCase, names []string, res map[string][]result) string {
 			for _, r := range res[name] {
 				xs = append(xs, m.get(r))
 			}
-			if m.integer && m.name != "streams" {
+			if m.name == "failed" || m.name == "stalls" {
 				return slices.Max(xs) // failures, stalls: the worst run
 			}
 			return median(xs)
@@ -214,6 +256,8 @@ func rows(c benchCase, names []string, res map[string][]result) string {
 
 func cell(m metric, v, direct float64, isDirect bool) string {
 	switch {
+	case m.na && v < 0:
+		return "–"
 	case m.integer:
 		return fmt.Sprintf("%.0f", v)
 	case m.dur:
@@ -223,7 +267,7 @@ func cell(m metric, v, direct float64, isDirect bool) string {
 		}
 		return s
 	default:
-		s := fmt.Sprintf("%.0f", v)
+		s := fmt.Sprintf("%.*f", m.prec, v)
 		if m.ratio && !isDirect && direct > 0 {
 			s += fmt.Sprintf(" (%.2f×)", v/direct)
 		}

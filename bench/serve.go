@@ -7,72 +7,177 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/vega-gateway/vega-gateway/ollamatest"
 )
 
 // The servers run in child processes — this same binary with -serve — so
-// that they can be pinned to one CPU and the load generator to the other:
-// one child for the fake Ollama, one for the proxies in front of it (nginx,
-// its own process, inherits the child's CPU affinity). Keeping the fake and
-// the gateway in separate Go runtimes compares like with like: nginx does
-// not share a scheduler or a heap with the upstream either. A child prints
-// one "target<TAB>name<TAB>addr" line per server, then "ready", and stops
-// everything when its stdin closes.
+// that they can be pinned to one CPU and the load generator to the other,
+// and so that each has its own memory and scheduler: one child per role
+// (the fake Ollama, nginx — its own processes under a small child that
+// starts and stops it —, the gateway with its access log on, the gateway
+// with logging off). Like with like: nginx shares neither a scheduler nor a
+// heap with the upstream, and neither does the gateway; and a process's RSS
+// is its own. A child prints one "target<TAB>name<TAB>addr<TAB>pid" line
+// (pid: the process whose RSS counts: the child itself, or nginx's master),
+// then "ready"; it answers each "stats" line on its stdin with
+// "stats<TAB>goroutines", and stops everything when its stdin closes.
+
+// Roles of a child.
+const (
+	roleFake         = "fake"
+	roleNginx        = "nginx"
+	roleGateway      = "gateway"
+	roleGatewayNoLog = "gateway-nolog"
+)
 
 // serveFlags are the child's settings, passed on its command line.
 type serveFlags struct {
-	tokens   int
-	delay    time.Duration
-	maxConns int
-	nginx    bool
-	dir      string
-	upstream string // host:port of the fake; empty: be the fake
+	role       string
+	tokens     int
+	delay      time.Duration
+	maxConns   int // gateway pool.max_connections
+	maxQueue   int // gateway pool.max_queue; 0: default
+	nginxConns int // nginx worker_connections
+	dir        string
+	upstream   string // host:port of the fake, for the proxies
 }
 
-// serve is the child: start the fake or the proxies, announce them, wait
-// for stdin EOF.
+// serve is the child: start the server of its role, announce it, answer
+// stats requests until stdin EOF.
 func serve(f serveFlags) error {
-	var st *stack
-	var err error
-	if f.upstream == "" {
+	if err := raiseNofile(uint64(2*max(f.maxConns, f.nginxConns/2) + 1000)); err != nil {
+		fmt.Fprintln(os.Stderr, "bench -serve: open-file limit:", err)
+	}
+	var (
+		name, addr string
+		pid        = os.Getpid()
+		stop       func()
+		err        error
+	)
+	switch f.role {
+	case roleFake:
+		var st *stack
 		st, err = startFake(ollamatest.Config{Tokens: f.tokens, TokenDelay: f.delay})
-	} else {
-		st, err = startProxies(f.upstream, f.nginx, f.dir, f.maxConns)
+		if err == nil {
+			name, addr, stop = "direct", st.targets[0].addr, st.close
+		}
+	case roleNginx:
+		name = "nginx"
+		addr, pid, stop, err = startNginx(f.dir, f.upstream, f.nginxConns)
+	case roleGateway, roleGatewayNoLog:
+		name = "gateway"
+		if f.role == roleGatewayNoLog {
+			name = "gateway (log off)"
+		}
+		addr, stop, err = startGateway("http://"+f.upstream, f.role == roleGateway, f.dir, f.maxConns, f.maxQueue)
+	default:
+		err = fmt.Errorf("unknown role %q", f.role)
 	}
 	if err != nil {
 		return err
 	}
-	defer st.close()
-	for _, t := range st.targets {
-		fmt.Printf("target\t%s\t%s\n", t.name, t.addr)
-	}
+	defer stop()
+	fmt.Printf("target\t%s\t%s\t%d\n", name, addr, pid)
 	fmt.Println("ready")
-	_, _ = io.Copy(io.Discard, os.Stdin) // the parent closes stdin to stop us
+	sc := bufio.NewScanner(os.Stdin) // the parent closes stdin to stop us
+	for sc.Scan() {
+		if sc.Text() == "stats" {
+			fmt.Printf("stats\t%d\n", runtime.NumGoroutine())
+		}
+	}
 	return nil
 }
 
-// spawnStack starts the fake's child, then the proxies' child in front of
-// it, both pinned to cpu when cpu >= 0. Its targets are direct, then the
-// proxies.
-func spawnStack(f serveFlags, cpu int) (*stack, error) {
-	fake, err := spawn(f, cpu)
-	if err != nil {
-		return nil, fmt.Errorf("fake: %w", err)
+// raiseNofile raises this process's soft open-file limit to at least want
+// (and the hard one too when allowed, as root). Go already raises the soft
+// limit to the hard one at start; this covers a hard limit below want.
+func raiseNofile(want uint64) error {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return err
 	}
-	f.upstream = fake.targets[0].addr
-	proxies, err := spawn(f, cpu)
-	if err != nil {
-		fake.close()
-		return nil, fmt.Errorf("proxies: %w", err)
+	if lim.Cur >= want {
+		return nil
 	}
-	return &stack{
-		targets: append(fake.targets, proxies.targets...),
-		stops:   []func(){fake.close, proxies.close}, // proxies stop first
-	}, nil
+	if lim.Max < want {
+		next := syscall.Rlimit{Cur: want, Max: want}
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &next); err == nil {
+			return nil
+		}
+	}
+	lim.Cur = min(want, lim.Max)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return err
+	}
+	if lim.Cur < want {
+		return fmt.Errorf("only %d open files (hard limit), %d wanted", lim.Cur, want)
+	}
+	return nil
+}
+
+// spawnStack starts the fake's child, then one child per proxy in front of
+// it (nginx when withNginx, the gateway with its log on, with it off), all
+// pinned to cpu when cpu >= 0. Its targets are direct, then the proxies.
+func spawnStack(f serveFlags, withNginx bool, cpu int) (*stack, error) {
+	st := &stack{}
+	roles := []string{roleFake}
+	if withNginx {
+		roles = append(roles, roleNginx)
+	}
+	roles = append(roles, roleGateway, roleGatewayNoLog)
+	for _, role := range roles {
+		f.role = role
+		c, err := spawn(f, cpu)
+		if err != nil {
+			st.close()
+			return nil, fmt.Errorf("%s: %w", role, err)
+		}
+		if role == roleFake {
+			f.upstream = c.targets[0].addr
+		}
+		st.targets = append(st.targets, c.targets...)
+		// the fake stops last: stops run in reverse order
+		st.stops = append(st.stops, c.close)
+	}
+	return st, nil
+}
+
+// child is the parent's handle on a server process.
+type child struct {
+	mu    sync.Mutex // one stats request at a time
+	stdin io.WriteCloser
+	stats chan string
+}
+
+// goroutines asks the child for runtime.NumGoroutine(); -1 when it does not
+// answer within a second.
+func (c *child) goroutines() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	select { // a late answer to an earlier request
+	case <-c.stats:
+	default:
+	}
+	if _, err := io.WriteString(c.stdin, "stats\n"); err != nil {
+		return -1
+	}
+	select {
+	case s := <-c.stats:
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			return -1
+		}
+		return n
+	case <-time.After(time.Second):
+		return -1
+	}
 }
 
 // spawn starts one child, pinned to cpu when cpu >= 0.
@@ -81,9 +186,10 @@ func spawn(f serveFlags, cpu int) (*stack, error) {
 	if err != nil {
 		return nil, err
 	}
-	args := []string{exe, "-serve",
+	args := []string{exe, "-serve", "-serve-role", f.role,
 		"-serve-tokens", strconv.Itoa(f.tokens), "-serve-delay", f.delay.String(),
-		"-serve-maxconns", strconv.Itoa(f.maxConns), "-serve-nginx=" + strconv.FormatBool(f.nginx), "-serve-dir", f.dir,
+		"-serve-maxconns", strconv.Itoa(f.maxConns), "-serve-maxqueue", strconv.Itoa(f.maxQueue),
+		"-serve-nginxconns", strconv.Itoa(f.nginxConns), "-serve-dir", f.dir,
 		"-serve-upstream", f.upstream}
 	if cpu >= 0 {
 		args = append([]string{"taskset", "-c", strconv.Itoa(cpu)}, args...)
@@ -102,6 +208,7 @@ func spawn(f serveFlags, cpu int) (*stack, error) {
 		return nil, err
 	}
 	exited := make(chan struct{})
+	ctl := &child{stdin: stdin, stats: make(chan string, 1)}
 	st := &stack{}
 	st.stops = append(st.stops, func() {
 		_ = stdin.Close()
@@ -121,19 +228,28 @@ func spawn(f serveFlags, cpu int) (*stack, error) {
 	go func() {
 		var a announced
 		sc := bufio.NewScanner(stdout)
+		isReady := false
 		for sc.Scan() {
 			line := sc.Text()
-			if line == "ready" {
+			parts := strings.Split(line, "\t")
+			switch {
+			case line == "ready" && !isReady:
+				isReady = true
 				ready <- a
-				_, _ = io.Copy(io.Discard, stdout)
-				return
-			}
-			if parts := strings.Split(line, "\t"); len(parts) == 3 && parts[0] == "target" {
-				a.targets = append(a.targets, target{parts[1], parts[2]})
+			case len(parts) == 4 && parts[0] == "target" && !isReady:
+				pid, _ := strconv.Atoi(parts[3])
+				a.targets = append(a.targets, target{name: parts[1], addr: parts[2], pid: pid, ctl: ctl})
+			case len(parts) == 2 && parts[0] == "stats":
+				select {
+				case ctl.stats <- parts[1]:
+				default:
+				}
 			}
 		}
-		a.err = errors.New("server process ended before it was ready")
-		ready <- a
+		if !isReady {
+			a.err = errors.New("server process ended before it was ready")
+			ready <- a
+		}
 	}()
 	go func() { _ = cmd.Wait(); close(exited) }()
 
@@ -167,4 +283,41 @@ func loadavg() string {
 		return "?"
 	}
 	return strings.Fields(string(b))[0]
+}
+
+// rssKB is the resident set of pid and its child processes (nginx's
+// workers under its master), from /proc, in KiB; -1 if pid is gone.
+func rssKB(pid int) int64 {
+	total := vmRSS(pid)
+	if total < 0 {
+		return -1
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	if err == nil {
+		for _, f := range strings.Fields(string(b)) {
+			if c, err := strconv.Atoi(f); err == nil {
+				if kb := vmRSS(c); kb > 0 {
+					total += kb
+				}
+			}
+		}
+	}
+	return total
+}
+
+func vmRSS(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return -1
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			f := strings.Fields(v)
+			if len(f) > 0 {
+				n, _ := strconv.ParseInt(f[0], 10, 64)
+				return n
+			}
+		}
+	}
+	return -1
 }

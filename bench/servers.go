@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -26,6 +27,8 @@ const nginxPath = "/usr/sbin/nginx"
 type target struct {
 	name string
 	addr string
+	pid  int    // the process whose RSS is the target's (nginx: its master, workers added)
+	ctl  *child // the child serving it; nil inside the child
 }
 
 // stack is the fake Ollama and every proxy in front of it, for one case.
@@ -48,44 +51,15 @@ func startFake(cfg ollamatest.Config) (*stack, error) {
 		return nil, err
 	}
 	return &stack{
-		targets: []target{{"direct", fake.Addr()}},
+		targets: []target{{name: "direct", addr: fake.Addr()}},
 		stops:   []func(){func() { _ = fake.Close() }},
 	}, nil
 }
 
-// startProxies starts, in front of upstream (host:port), nginx when
-// withNginx, the gateway with its access log on (info, to a file in dir,
-// behind a diode as in main) and the gateway with logging off.
-func startProxies(upstream string, withNginx bool, dir string, maxConns int) (*stack, error) {
-	s := &stack{}
-	if withNginx {
-		addr, stop, err := startNginx(dir, upstream)
-		if err != nil {
-			return nil, fmt.Errorf("nginx: %w", err)
-		}
-		s.stops = append(s.stops, stop)
-		s.targets = append(s.targets, target{"nginx", addr})
-	}
-	for _, logOn := range []bool{true, false} {
-		name := "gateway"
-		if !logOn {
-			name = "gateway (log off)"
-		}
-		addr, stop, err := startGateway("http://"+upstream, logOn, dir, maxConns)
-		if err != nil {
-			s.close()
-			return nil, fmt.Errorf("%s: %w", name, err)
-		}
-		s.stops = append(s.stops, stop)
-		s.targets = append(s.targets, target{name, addr})
-	}
-	return s, nil
-}
-
 // startGateway serves the gateway at its defaults, but for the pool bound
 // raised to maxConns, on a loopback port.
-func startGateway(upstream string, logOn bool, dir string, maxConns int) (string, func(), error) {
-	p, err := pool.New(pool.UpstreamConfig{URL: upstream}, pool.Config{MaxConnections: maxConns})
+func startGateway(upstream string, logOn bool, dir string, maxConns, maxQueue int) (string, func(), error) {
+	p, err := pool.New(pool.UpstreamConfig{URL: upstream}, pool.Config{MaxConnections: maxConns, MaxQueue: maxQueue})
 	if err != nil {
 		return "", nil, err
 	}
@@ -127,8 +101,8 @@ const nginxConf = `worker_processes 1;
 daemon off;
 pid %[1]s/nginx.pid;
 error_log %[1]s/nginx-error.log warn;
-worker_rlimit_nofile 20000;
-events { worker_connections 8192; }
+worker_rlimit_nofile %[4]d;
+events { worker_connections %[5]d; }
 http {
     access_log %[1]s/nginx-access.log;
     client_body_temp_path %[1]s/client_body;
@@ -143,7 +117,7 @@ http {
         keepalive_requests 1000000;
     }
     server {
-        listen %[3]s;
+        listen %[3]s backlog=4096;
         location / {
             proxy_pass http://ollama;
             proxy_http_version 1.1;
@@ -159,27 +133,28 @@ http {
 // startNginx runs nginx as a reference proxy in front of upstream, with a
 // generated config in dir: one worker, proxy_buffering off, upstream
 // keep-alive, an access log to a file.
-func startNginx(dir, upstream string) (string, func(), error) {
-	addr, err := freePort()
+func startNginx(dir, upstream string, workerConns int) (addr string, pid int, stop func(), err error) {
+	addr, err = freePort()
 	if err != nil {
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	ndir, err := os.MkdirTemp(dir, "nginx-")
 	if err != nil {
-		return "", nil, err
+		return "", 0, nil, err
 	}
+	workerConns = max(workerConns, 8192) // a connection each to the client and to the upstream
 	conf := filepath.Join(ndir, "nginx.conf")
-	if err := os.WriteFile(conf, fmt.Appendf(nil, nginxConf, ndir, upstream, addr), 0o644); err != nil {
-		return "", nil, err
+	if err := os.WriteFile(conf, fmt.Appendf(nil, nginxConf, ndir, upstream, addr, workerConns+1000, workerConns), 0o644); err != nil {
+		return "", 0, nil, err
 	}
 	cmd := exec.Command(nginxPath, "-c", conf, "-p", ndir, "-e", filepath.Join(ndir, "nginx-error.log"))
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
-	stop := func() {
+	stop = func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM) // fast shutdown of the master we started, and its worker
 		select {
 		case <-exited:
@@ -187,13 +162,27 @@ func startNginx(dir, upstream string) (string, func(), error) {
 			_ = cmd.Process.Kill()
 			<-exited
 		}
+		// Surface nginx's complaints (at most a few lines): failures the
+		// load generator sees as resets are explained there.
+		if b, err := os.ReadFile(filepath.Join(ndir, "nginx-error.log")); err == nil {
+			lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+			for i, l := range lines {
+				if i == 5 {
+					fmt.Fprintf(os.Stderr, "nginx error.log: … %d lines in all\n", len(lines))
+					break
+				}
+				if l != "" {
+					fmt.Fprintln(os.Stderr, "nginx error.log:", l)
+				}
+			}
+		}
 	}
 	if err := waitListening(addr, 5*time.Second, exited); err != nil {
 		stop()
 		log, _ := os.ReadFile(filepath.Join(ndir, "nginx-error.log"))
-		return "", nil, fmt.Errorf("%w: %s", err, log)
+		return "", 0, nil, fmt.Errorf("%w: %s", err, log)
 	}
-	return addr, stop, nil
+	return addr, cmd.Process.Pid, stop, nil
 }
 
 // freePort returns a loopback address nothing listens on just now.

@@ -36,7 +36,12 @@ type result struct {
 	gapMax         time.Duration
 	stalls         int
 	streams        int
-	// both
+	// scale (-1: does not apply to the target)
+	peakConc     int     // most streams open at once
+	rssPeakMB    float64 // the target's process(es) at peak
+	rssPerStream float64 // KiB: (peak - idle) / streams
+	gorPerStream float64 // goroutines: (peak - idle) / streams
+	// all
 	failed int
 	errMsg string // the first failure, for the log
 }
@@ -49,6 +54,8 @@ type metric struct {
 	added   bool // also print the difference to direct
 	ratio   bool // also print the ratio to direct
 	integer bool
+	prec    int  // decimals of a plain number
+	na      bool // a negative value means "does not apply": print –
 }
 
 var nonStreamMetrics = []metric{
@@ -68,4 +75,18 @@ var streamMetrics = []metric{
 	{name: "gap max", get: func(r result) float64 { return float64(r.gapMax) }, dur: true},
 	{name: "stalls", get: func(r result) float64 { return float64(r.stalls) }, integer: true},
 	{name: "failed", get: func(r result) float64 { return float64(r.failed) }, integer: true},
+}
+
+var scaleMetrics = []metric{
+	{name: "streams ok", get: func(r result) float64 { return float64(r.streams) }, integer: true},
+	{name: "peak concurrent", get: func(r result) float64 { return float64(r.peakConc) }, integer: true},
+	{name: "failed", get: func(r result) float64 { return float64(r.failed) }, integer: true},
+	{name: "TTFC p50", get: func(r result) float64 { return float64(r.ttfc50) }, dur: true, added: true},
+	{name: "TTFC p99", get: func(r result) float64 { return float64(r.ttfc99) }, dur: true, added: true},
+	{name: "gap p50", get: func(r result) float64 { return float64(r.gap50) }, dur: true, added: true},
+	{name: "gap p99", get: func(r result) float64 { return float64(r.gap99) }, dur: true, added: true},
+	{name: "stalls", get: func(r result) float64 { return float64(r.stalls) }, integer: true},
+	{name: "peak RSS MiB", get: func(r result) float64 { return r.rssPeakMB }, prec: 1, na: true},
+	{name: "RSS/stream KiB", get: func(r result) float64 { return r.rssPerStream }, prec: 1, na: true},
+	{name: "goroutines/stream", get: func(r result) float64 { return r.gorPerStream }, prec: 2, na: true},
 }
