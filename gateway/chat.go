@@ -243,7 +243,7 @@ func (g *Gateway) serveChat(ctx *fasthttp.RequestCtx, x *exchange) bool {
 		panic(err) // strings, a bool and validated raw JSON: cannot fail
 	}
 
-	release, waited, err := g.pool.AcquireWhile(g.closing, clientGone(ctx.Conn()))
+	release, waited, err := g.pool.AcquireWhile(g.closing, x.goneFn)
 	x.queueWait = waited
 	if err != nil {
 		g.reject(ctx, x, upstreamError(err))

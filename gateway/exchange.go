@@ -30,6 +30,10 @@ type exchange struct {
 	scratch     []byte
 	model       string
 	keyName     string
+	// conn is the client connection; goneFn is x.clientGone, bound once
+	// per pooled exchange so passing it to the pool does not allocate.
+	conn   net.Conn
+	goneFn func() bool
 	// idReplaced: the client sent a correlation ID that was not kept.
 	idReplaced bool
 	// key holds a concurrency slot of the request's key until finish.
@@ -52,7 +56,11 @@ type exchange struct {
 	loadDuration, evalDuration     time.Duration
 }
 
-var exchangePool = sync.Pool{New: func() any { return new(exchange) }}
+var exchangePool = sync.Pool{New: func() any {
+	x := new(exchange)
+	x.goneFn = x.clientGone
+	return x
+}}
 
 // methodString returns a constant string for common methods, so the log
 // line does not allocate for them.
@@ -77,8 +85,9 @@ func methodString(m []byte) string {
 func (g *Gateway) newExchange(ctx *fasthttp.RequestCtx) *exchange {
 	x := exchangePool.Get().(*exchange)
 	// Keep the pooled buffers across the reset.
-	path, remote, tp, scratch := x.path[:0], x.remote[:0], x.traceparent[:0], x.scratch[:0]
-	*x = exchange{g: g, start: time.Now(), path: append(path, ctx.Path()...), remote: append(remote, ctx.RemoteIP()...), scratch: scratch}
+	path, remote, tp, scratch, goneFn := x.path[:0], x.remote[:0], x.traceparent[:0], x.scratch[:0], x.goneFn
+	*x = exchange{g: g, start: time.Now(), path: append(path, ctx.Path()...), remote: append(remote, ctx.RemoteIP()...),
+		scratch: scratch, goneFn: goneFn, conn: ctx.Conn()}
 	res := trace.Resolve(ctx.Request.Header.Peek(trace.HeaderCorrelationID), ctx.Request.Header.Peek(trace.HeaderRequestID))
 	x.id = res.ID
 	x.idReplaced = res.Replaced
@@ -160,7 +169,7 @@ func (x *exchange) finish() {
 	if x.key != nil {
 		x.key.release()
 	}
-	x.g, x.key = nil, nil
+	x.g, x.key, x.conn = nil, nil, nil
 	exchangePool.Put(x)
 }
 

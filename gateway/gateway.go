@@ -105,6 +105,10 @@ func New(cfg Config, chat ChatConfig, auth AuthConfig, pools []*pool.Pool, log z
 		TCPKeepalive:                 true,
 		TCPKeepalivePeriod:           15 * time.Second,
 		CloseOnShutdown:              true,
+		// Release a connection's read buffer (MaxHeaderBytes) once its
+		// request is read, and its write buffer between responses: a
+		// stream then holds no 16 KiB header buffer while it runs.
+		ReduceMemoryUsage: true,
 		// Idle worker goroutines go within a few seconds of a burst, so a
 		// leak check after load settles quickly (fasthttp's default is 10 s).
 		MaxIdleWorkerDuration: 3 * time.Second,

@@ -74,7 +74,7 @@ func (g *Gateway) proxy(ctx *fasthttp.RequestCtx, x *exchange, keyInAuthorizatio
 			return false
 		}
 	}
-	release, waited, err := g.pool.AcquireWhile(g.closing, clientGone(ctx.Conn()))
+	release, waited, err := g.pool.AcquireWhile(g.closing, x.goneFn)
 	x.queueWait = waited
 	if err != nil {
 		g.reject(ctx, x, upstreamError(err))

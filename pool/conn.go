@@ -32,8 +32,10 @@ type conn struct {
 	// update per frame.
 	armed      int64
 	armedFirst bool
-	local      connAddr
-	closeOnce  sync.Once
+	// local is LocalAddr's answer, boxed once at dial: fasthttp asks for
+	// it on every request.
+	local     net.Addr
+	closeOnce sync.Once
 }
 
 // connAddr is conn's LocalAddr: it lets Do find, from a failed Response, the

@@ -58,9 +58,14 @@ var idChar = func() (t [256]bool) {
 	return t
 }()
 
-// NewID returns a fresh random UUIDv4 string.
+// NewID returns a fresh random UUIDv4 string (RFC 9562 §5.4), formatted
+// from the same syscall-free source as the trace IDs.
 func NewID() string {
-	return uuid.NewString()
+	var u uuid.UUID
+	fillRandom(u[:])
+	u[6] = (u[6] & 0x0f) | 0x40 // version 4
+	u[8] = (u[8] & 0x3f) | 0x80 // variant 10
+	return u.String()
 }
 
 // Resolution is the outcome of choosing a request's correlation ID.

@@ -1,9 +1,19 @@
 package trace
 
 import (
-	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
+	"math/rand/v2"
 )
+
+// fillRandom fills b (a multiple of 8 bytes) from math/rand/v2's global
+// source: ChaCha8 seeded by the OS, per thread, with no syscall or lock on
+// the request path. IDs need uniqueness and unpredictability, not keys.
+func fillRandom(b []byte) {
+	for i := 0; i+8 <= len(b); i += 8 {
+		binary.LittleEndian.PutUint64(b[i:], rand.Uint64())
+	}
+}
 
 // HeaderTraceparent and HeaderTracestate are the W3C Trace Context headers.
 const (
@@ -45,7 +55,7 @@ func (c *Context) Traceparent() string { return string(c.AppendTraceparent(nil))
 // header starts a new sampled trace.
 func (c *Context) ParseTraceparent(h []byte) {
 	var rnd [24]byte
-	_, _ = rand.Read(rnd[:]) // crypto/rand.Read does not fail on Linux (Go ≥1.24 panics instead)
+	fillRandom(rnd[:])
 	hex.Encode(c.ParentID[:], rnd[:8])
 	if validTraceparent(h) {
 		copy(c.TraceID[:], h[3:35])
