@@ -54,6 +54,8 @@ type exchange struct {
 	promptTokens, completionTokens int64
 	doneReason                     string
 	loadDuration, evalDuration     time.Duration
+	// record is what the observer is told, kept here so it is not allocated.
+	record Record
 }
 
 var exchangePool = sync.Pool{New: func() any {

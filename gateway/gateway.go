@@ -137,12 +137,14 @@ func (g *Gateway) observe(x *exchange, dur time.Duration) {
 	if g.observer == nil {
 		return
 	}
-	g.observer(&Record{
+	// The record lives in the pooled exchange: the observer must not keep it.
+	x.record = Record{
 		Route: x.route.name, Method: x.method, Status: x.status, Outcome: x.outcome, Duration: dur,
 		TTFB: x.ttfb, TTFT: x.ttft, Streamed: x.streamed, Model: x.model, PromptTokens: x.promptTokens,
 		CompletionTokens: x.completionTokens, DoneReason: x.doneReason, BytesOut: x.bytesOut,
 		LoadDuration: x.loadDuration, EvalDuration: x.evalDuration,
-	})
+	}
+	g.observer(&x.record)
 }
 
 var (
