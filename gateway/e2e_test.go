@@ -533,7 +533,9 @@ func TestUpstreamFaults(t *testing.T) {
 			{"/v1/chat/completions", `{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}`},
 			{"/chat", `{"prompt":"hi"}`},
 		} {
-			st, h, body := e.do("POST", tc.path, tc.body, nil)
+			id := "down" + strings.ReplaceAll(tc.path, "/", "-")
+			st, h, body := e.do("POST", tc.path, tc.body, map[string]string{"X-Correlation-ID": id})
+			e.wantOutcome(t, id, "upstream_connect_failed")
 			if st != 502 || !strings.Contains(string(body), "upstream_unavailable") || !strings.Contains(string(body), h.Get("X-Correlation-ID")) {
 				t.Fatalf("%s: status=%d body=%s", tc.path, st, body)
 			}
@@ -549,7 +551,8 @@ func TestUpstreamFaults(t *testing.T) {
 	})
 	t.Run("hang before headers is 504 and closes the upstream", func(t *testing.T) {
 		e := startEnv(t, envOptions{upstream: pool.UpstreamConfig{FirstByteTimeout: 200 * time.Millisecond}})
-		st, _, body := e.do("POST", "/api/chat", `{"model":"fault:hang","messages":[{"role":"user","content":"hi"}]}`, nil)
+		st, _, body := e.do("POST", "/api/chat", `{"model":"fault:hang","messages":[{"role":"user","content":"hi"}]}`, map[string]string{"X-Correlation-ID": "fault-hang"})
+		e.wantOutcome(t, "fault-hang", "upstream_timeout")
 		if st != 504 || decodeJSON(t, body)["code"] != "upstream_timeout" {
 			t.Fatalf("status=%d body=%s", st, body)
 		}
@@ -563,7 +566,9 @@ func TestUpstreamFaults(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := startEnv(t, envOptions{upstream: pool.UpstreamConfig{IdleTimeout: 300 * time.Millisecond}})
-			st, _, body := e.do("POST", "/api/chat", `{"model":"`+tc.model+`","messages":[{"role":"user","content":"hi"}]}`, nil)
+			id := "fault-" + strings.NewReplacer(" ", "-", ":", "-", "=", "-").Replace(tc.name)
+			st, _, body := e.do("POST", "/api/chat", `{"model":"`+tc.model+`","messages":[{"role":"user","content":"hi"}]}`, map[string]string{"X-Correlation-ID": id})
+			e.wantOutcome(t, id, tc.code)
 			lines := strings.Split(strings.TrimSuffix(string(body), "\n"), "\n")
 			if st != 200 || len(lines) < 2 {
 				t.Fatalf("status=%d body=%q", st, body)

@@ -172,3 +172,20 @@ func decodeJSON(t *testing.T, b []byte) map[string]any {
 	}
 	return m
 }
+
+// wantOutcome waits for the one access line of a correlation ID and checks
+// its outcome (RELIABILITY.md §1's Log column).
+func (e *env) wantOutcome(t *testing.T, id, outcome string) {
+	t.Helper()
+	var lines []map[string]any
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		if lines = e.logs.accessLines(t, id); len(lines) > 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if len(lines) != 1 || lines[0]["outcome"] != outcome {
+		t.Fatalf("access lines for %s: %v, want one with outcome %q", id, lines, outcome)
+	}
+}
