@@ -226,6 +226,13 @@ func oneStream(c *fasthttp.HostClient, req *fasthttp.Request, resp *fasthttp.Res
 		return 0, false
 	}
 	br.Reset(resp.BodyStream())
+	return readStream(br, t0, gaps, fails)
+}
+
+// readStream reads an NDJSON stream line by line, timing the first line
+// (TTFC, from t0) and the gaps between lines; the stream counts only if
+// every line is JSON and the last says "done":true.
+func readStream(br *bufio.Reader, t0 time.Time, gaps *[]time.Duration, fails *failures) (ttfc time.Duration, ok bool) {
 	var last time.Time
 	lines, done := 0, false
 	for {

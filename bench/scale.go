@@ -2,8 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -159,37 +157,5 @@ func rawStream(addr string, req []byte, timeout time.Duration, gaps *[]time.Dura
 		fails.add("status %d body %.200q", resp.StatusCode, body)
 		return 0, false
 	}
-	lr := bufio.NewReaderSize(resp.Body, 1<<10) // a line is ~150 bytes
-	var last time.Time
-	lines, done := 0, false
-	for {
-		line, err := lr.ReadSlice('\n')
-		if len(line) > 0 {
-			now := time.Now()
-			if lines == 0 {
-				ttfc = now.Sub(t0)
-			} else {
-				*gaps = append(*gaps, now.Sub(last))
-			}
-			last = now
-			lines++
-			if !json.Valid(line) {
-				fails.add("line %d is not JSON: %.200q", lines, line)
-				return 0, false
-			}
-			done = bytes.Contains(line, doneTrue)
-		}
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			fails.add("after %d lines: %v", lines, err)
-			return 0, false
-		}
-	}
-	if !done {
-		fails.add("stream of %d lines ended without done:true", lines)
-		return 0, false
-	}
-	return ttfc, true
+	return readStream(bufio.NewReaderSize(resp.Body, 1<<10), t0, gaps, fails) // a line is ~150 bytes
 }
