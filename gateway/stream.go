@@ -38,9 +38,8 @@ type stream struct {
 	// out[off:] is what is left of the frame being handed out.
 	out []byte
 	off int
-	// ended: nothing more will be read from upstream; clean: it ended with
-	// a proper end of stream (not an error or a gateway-made terminal record).
-	ended, clean bool
+	// ended: nothing more will be read from upstream.
+	ended bool
 	// deadline is the route's maximum duration (zero: none).
 	deadline time.Time
 	// aborted is set by a drain that outlived gateway.drain_timeout.
@@ -113,7 +112,6 @@ func (s *stream) nextFrame() {
 				s.fail(pool.ClassifyBodyError(io.ErrUnexpectedEOF))
 				return
 			}
-			s.clean = true
 			s.out, s.off = nil, 0
 			return
 		}
@@ -141,7 +139,7 @@ func (s *stream) nextFrame() {
 			return
 		}
 		if final {
-			s.ended, s.clean = true, true
+			s.ended = true
 		}
 		frame = out
 	}
