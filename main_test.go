@@ -179,22 +179,20 @@ func (p *gatewayProcess) stop(t *testing.T) {
 
 func get(t *testing.T, url string, hdr map[string]string) (int, http.Header, []byte) {
 	t.Helper()
-	req, _ := http.NewRequest("GET", url, nil)
-	for k, v := range hdr {
-		req.Header.Set(k, v)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, resp.Header, b
+	return send(t, "GET", url, "", hdr)
 }
 
 func post(t *testing.T, url, body string, hdr map[string]string) (int, http.Header, []byte) {
 	t.Helper()
-	req, _ := http.NewRequest("POST", url, strings.NewReader(body))
+	return send(t, "POST", url, body, hdr)
+}
+
+func send(t *testing.T, method, url, body string, hdr map[string]string) (int, http.Header, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
 	for k, v := range hdr {
 		req.Header.Set(k, v)
 	}

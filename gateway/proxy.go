@@ -165,10 +165,7 @@ func (g *Gateway) relay(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Re
 		_ = resp.CloseBodyStream()
 		fasthttp.ReleaseResponse(resp)
 		release()
-		g.pool.NoteError()
-		ctx.Response.Header.Reset()
-		ctx.Response.Header.Set(trace.HeaderCorrelationID, x.id)
-		g.upstreamFailed(ctx, x, pool.ErrTooLarge)
+		g.replaceRelayed(ctx, x, pool.ErrTooLarge)
 		return false
 	}
 	if kind != frameNone {
@@ -187,10 +184,7 @@ func (g *Gateway) relay(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Re
 		fasthttp.ReleaseResponse(resp)
 		release()
 		if err != nil {
-			g.pool.NoteError()
-			ctx.Response.Header.Reset()
-			ctx.Response.Header.Set(trace.HeaderCorrelationID, x.id)
-			g.upstreamFailed(ctx, x, err)
+			g.replaceRelayed(ctx, x, err)
 			return false
 		}
 		if x.status == fasthttp.StatusOK {
@@ -202,6 +196,15 @@ func (g *Gateway) relay(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Re
 	// over the cap is cut, which the client sees as a broken response).
 	ctx.Response.SetBodyStream(g.newRawStream(x, resp, release), cl)
 	return true
+}
+
+// replaceRelayed turns a response whose upstream headers were already
+// copied into a gateway error: the upstream's headers go, the ID stays.
+func (g *Gateway) replaceRelayed(ctx *fasthttp.RequestCtx, x *exchange, err error) {
+	g.pool.NoteError()
+	ctx.Response.Header.Reset()
+	ctx.Response.Header.Set(trace.HeaderCorrelationID, x.id)
+	g.upstreamFailed(ctx, x, err)
 }
 
 // readBody copies a small upstream body of known length into the client

@@ -40,6 +40,8 @@ type stream struct {
 	off int
 	// ended: nothing more will be read from upstream.
 	ended bool
+	// writeArmed is when the client write deadline was last moved.
+	writeArmed time.Time
 	// deadline is the route's maximum duration (zero: none).
 	deadline time.Time
 	// aborted is set by a drain that outlived gateway.drain_timeout.
@@ -144,11 +146,16 @@ func (s *stream) nextFrame() {
 		frame = out
 	}
 	s.out, s.off = frame, 0
-	if s.g.cfg.WriteIdleTimeout > 0 {
+	if d := s.g.cfg.WriteIdleTimeout; d > 0 {
 		// The server writes this frame right after Read returns, in this
 		// goroutine: a client that takes nothing for WriteIdleTimeout fails
-		// the write, which ends the stream and frees the upstream.
-		_ = s.conn.SetWriteDeadline(time.Now().Add(s.g.cfg.WriteIdleTimeout))
+		// the write, which ends the stream and frees the upstream. Re-armed
+		// only once an eighth of it has passed (a timer update per frame
+		// would be wasted), so the clock runs 7/8 to all of the setting.
+		if now := time.Now(); now.Sub(s.writeArmed) > d/8 {
+			_ = s.conn.SetWriteDeadline(now.Add(d))
+			s.writeArmed = now
+		}
 	}
 }
 

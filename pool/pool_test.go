@@ -56,13 +56,7 @@ func TestAcquireBound(t *testing.T) {
 func TestAcquireRefusals(t *testing.T) {
 	t.Run("queue full", func(t *testing.T) {
 		p := newTestPool(t, Config{MaxConnections: 1, MaxQueue: 1, MaxWait: time.Second})
-		release, _, _ := p.Acquire(nil)
-		defer release()
-		waiting := make(chan error, 1)
-		go func() { _, _, err := p.Acquire(nil); waiting <- err }()
-		for p.Snapshot().RequestsWaiting != 1 {
-			time.Sleep(time.Millisecond)
-		}
+		waiting := holdAndQueue(t, p)
 		start := time.Now()
 		if _, _, err := p.Acquire(nil); !errors.Is(err, ErrQueueFull) || time.Since(start) > 50*time.Millisecond {
 			t.Fatalf("err %v after %s", err, time.Since(start))
@@ -76,13 +70,7 @@ func TestAcquireRefusals(t *testing.T) {
 	})
 	t.Run("close wakes waiters", func(t *testing.T) {
 		p := newTestPool(t, Config{MaxConnections: 1, MaxWait: 10 * time.Second})
-		release, _, _ := p.Acquire(nil)
-		defer release()
-		waiting := make(chan error, 1)
-		go func() { _, _, err := p.Acquire(nil); waiting <- err }()
-		for p.Snapshot().RequestsWaiting != 1 {
-			time.Sleep(time.Millisecond)
-		}
+		waiting := holdAndQueue(t, p)
 		p.Close()
 		if err := <-waiting; !errors.Is(err, ErrClosed) {
 			t.Fatalf("waiter: %v", err)
@@ -91,6 +79,23 @@ func TestAcquireRefusals(t *testing.T) {
 			t.Fatalf("after close: %v", err)
 		}
 	})
+}
+
+// holdAndQueue takes p's only slot (released at the end of the test) and
+// queues one more request; its result arrives on the returned channel.
+func holdAndQueue(t *testing.T, p *Pool) <-chan error {
+	t.Helper()
+	release, _, err := p.Acquire(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(release)
+	waiting := make(chan error, 1)
+	go func() { _, _, err := p.Acquire(nil); waiting <- err }()
+	for p.Snapshot().RequestsWaiting != 1 {
+		time.Sleep(time.Millisecond)
+	}
+	return waiting
 }
 
 // TestNoLostWakeup: a slot released just as a waiter queues is never
