@@ -72,6 +72,9 @@ func defaults() map[string]any {
 		"gateway.max_body_bytes":      gateway.DefaultMaxBodyBytes,
 		"gateway.max_frame_bytes":     gateway.DefaultMaxFrameBytes,
 		"gateway.model_allowlist":     []string{},
+
+		"gateway.max_client_connections": gateway.DefaultMaxClientConnections,
+
 		"admin.listen":                admin.DefaultListen,
 		"upstream.url":                pool.DefaultURL,
 		"upstream.default_model":      gateway.DefaultDefaultModel,

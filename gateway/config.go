@@ -21,6 +21,9 @@ const (
 	DefaultMaxPromptBytes     = 256 << 10
 	DefaultMaxHistoryMessages = 20
 	DefaultChatMaxTokens      = 4096
+	// DefaultMaxClientConnections leaves room for the 5,000-stream
+	// benchmark with headroom, while bounding fds and memory per process.
+	DefaultMaxClientConnections = 20000
 )
 
 // Config is the data listener's configuration (config keys gateway.*).
@@ -58,6 +61,12 @@ type Config struct {
 	// model_not_allowed, so prompts cannot leave the box through a model
 	// the operator did not choose. Empty: Ollama decides (404 if missing).
 	ModelAllowlist []string `mapstructure:"model_allowlist"`
+	// MaxClientConnections is the most client connections served at once
+	// (fasthttp's Server.Concurrency). One more is answered by fasthttp
+	// itself with a plain-text 503 and closed, bypassing the handler, so
+	// open streams are unaffected by a connection flood. Default
+	// DefaultMaxClientConnections.
+	MaxClientConnections int `mapstructure:"max_client_connections"`
 	// DefaultModel is the model /chat uses when a request names none
 	// (config key upstream.default_model). Default DefaultDefaultModel.
 	DefaultModel string `mapstructure:"-"`
@@ -137,6 +146,9 @@ func (c Config) withDefaults() Config {
 	if c.DefaultModel == "" {
 		c.DefaultModel = DefaultDefaultModel
 	}
+	if c.MaxClientConnections == 0 {
+		c.MaxClientConnections = DefaultMaxClientConnections
+	}
 	return c
 }
 
@@ -151,6 +163,7 @@ func (c Config) validate() error {
 	}
 	for name, n := range map[string]int{
 		"max_header_bytes": c.MaxHeaderBytes, "max_body_bytes": c.MaxBodyBytes, "max_frame_bytes": c.MaxFrameBytes,
+		"max_client_connections": c.MaxClientConnections,
 	} {
 		if n < 0 {
 			return fmt.Errorf("gateway.%s: must not be negative, got %d", name, n)

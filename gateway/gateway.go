@@ -98,6 +98,7 @@ func New(cfg Config, chat ChatConfig, auth AuthConfig, pools []*pool.Pool, log z
 		ReadBufferSize:               cfg.MaxHeaderBytes,
 		WriteBufferSize:              4 << 10, // frames are flushed one by one; a big buffer only costs memory per stream
 		ReadTimeout:                  cfg.ReadTimeout,
+		Concurrency:                  cfg.MaxClientConnections,
 		IdleTimeout:                  cfg.KeepAliveTimeout,
 		MaxRequestBodySize:           max(cfg.MaxBodyBytes, chat.MaxBodyBytes),
 		DisablePreParseMultipartForm: true,
