@@ -264,7 +264,7 @@ func (g *Gateway) serveChat(ctx *fasthttp.RequestCtx, x *exchange) bool {
 		g.log.Debug().Str("correlation_id", x.id).Str("upstream", g.pool.URL()).Str("model", x.model).Msg("upstream call started")
 	}
 	upStart := time.Now()
-	x.retries, err = g.pool.Do(req, resp)
+	x.retries, err = g.pool.DoWhile(req, resp, x.goneFn)
 	fasthttp.ReleaseRequest(req)
 	x.ttfb = time.Since(upStart)
 	if err != nil {

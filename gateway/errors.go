@@ -76,6 +76,8 @@ func upstreamError(err error) apiError {
 		return apiError{503, "upstream_unhealthy", "the upstream is failing health checks", outcomeUpstreamUnhealthy, retryAfterUnhealthySeconds}
 	case errors.Is(err, pool.ErrAbandoned):
 		return apiError{statusClientClosedNoBytes, "client_closed", "the client left while queued", outcomeClientClosed, ""}
+	case errors.Is(err, pool.ErrClientGone):
+		return apiError{statusClientClosedNoBytes, "client_closed", "the client left before the upstream answered", outcomeClientClosed, ""}
 	case errors.Is(err, pool.ErrClosed):
 		return apiError{503, "shutting_down", "the gateway is shutting down", outcomeShutdownAborted, retryAfterSeconds}
 	case errors.Is(err, pool.ErrConnect):

@@ -88,7 +88,7 @@ func (g *Gateway) proxy(ctx *fasthttp.RequestCtx, x *exchange, keyInAuthorizatio
 		g.log.Debug().Str("correlation_id", x.id).Str("upstream", g.pool.URL()).Str("route", x.route.name).Msg("upstream call started")
 	}
 	upStart := time.Now()
-	x.retries, err = g.pool.Do(req, resp)
+	x.retries, err = g.pool.DoWhile(req, resp, x.goneFn)
 	fasthttp.ReleaseRequest(req)
 	x.ttfb = time.Since(upStart)
 	if err != nil {

@@ -1,12 +1,13 @@
 package pool
 
 import (
+	"errors"
 	"net"
-
-	"github.com/valyala/fasthttp"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/valyala/fasthttp"
 )
 
 // conn wraps an upstream connection to count it and to arm read deadlines
@@ -36,6 +37,19 @@ type conn struct {
 	// it on every request.
 	local     net.Addr
 	closeOnce sync.Once
+	// sentAt (unix ns) is when the request now awaiting its first byte was
+	// written; the first-byte clock runs from there, however many reads
+	// the wait takes.
+	sentAt int64
+	// gone, while a request awaits its first byte, reports whether that
+	// request's client has left (nil: not watched). It is only touched by
+	// the goroutine running the exchange: fasthttp writes the request and
+	// reads the response on the caller's goroutine.
+	gone    func() bool
+	scanned int
+	// clientLeft records that a read ended with errClientGone: fasthttp
+	// does not hand our error back unchanged, so Do asks the connection.
+	clientLeft bool
 }
 
 // connAddr is conn's LocalAddr: it lets Do find, from a failed Response, the
@@ -51,44 +65,79 @@ func (c *conn) Write(b []byte) (int, error) {
 	if !c.awaiting.Load() {
 		c.awaiting.Store(true)
 		c.readBytes.Store(0)
+		c.sentAt = time.Now().UnixNano()
+		c.gone, c.scanned, c.clientLeft = nil, 0, false
+	}
+	// A header block longer than fasthttp's write buffer comes in several
+	// writes: look through the first 64 KiB of them.
+	if c.gone == nil && c.scanned < 64<<10 && c.p.watching.Load() > 0 {
+		c.gone = c.p.watcherFor(b)
+		c.scanned += len(b)
 	}
 	return c.Conn.Write(b)
 }
 
+// errClientGone ends a read that was waiting for the upstream's first byte
+// when the request's client has left; Do reports ErrClientGone.
+var errClientGone = errors.New("client left while waiting for the first byte")
+
 func (c *conn) Read(b []byte) (int, error) {
-	first := c.awaiting.Load()
-	d := c.p.up.IdleTimeout
-	if first {
-		d = c.p.up.FirstByteTimeout
-	}
-	now := time.Now().UnixNano()
-	var deadline int64
-	if d > 0 {
-		deadline = now + int64(d)
-	}
-	if hd := c.hardDeadline.Load(); hd != 0 && (deadline == 0 || hd < deadline) {
-		deadline = hd
-	}
-	// Re-arm when the clock changes kind, when a hard deadline moves it
-	// earlier, or when an eighth of the period has passed: the effective
-	// idle timeout is then between 7/8 and all of the configured one.
-	if deadline != c.armed && (first != c.armedFirst || deadline < c.armed || deadline-c.armed > int64(d)/8 || c.armed == 0) {
-		var t time.Time
-		if deadline != 0 {
-			t = time.Unix(0, deadline)
-		}
-		_ = c.Conn.SetReadDeadline(t)
-		c.armed, c.armedFirst = deadline, first
-	}
-	n, err := c.Conn.Read(b)
-	if n > 0 {
-		c.readBytes.Add(int64(n))
+	for {
+		first := c.awaiting.Load()
+		d := c.p.up.IdleTimeout
+		now := time.Now().UnixNano()
+		var deadline int64
 		if first {
-			c.awaiting.Store(false)
-			c.exchanges.Add(1)
+			d = c.p.up.FirstByteTimeout
+			if d > 0 {
+				deadline = c.sentAt + int64(d)
+			}
+		} else if d > 0 {
+			deadline = now + int64(d)
 		}
+		hd := c.hardDeadline.Load()
+		if hd != 0 && (deadline == 0 || hd < deadline) {
+			deadline = hd
+		}
+		// While the first byte is awaited (a model may take minutes to
+		// load), wake every clientPollInterval to ask whether the client
+		// is still there. A reply that comes sooner costs nothing extra.
+		polling := false
+		if first && c.gone != nil {
+			if poll := now + int64(clientPollInterval); deadline == 0 || poll < deadline {
+				deadline, polling = poll, true
+			}
+		}
+		// Re-arm when polling, when the clock changes kind, when a hard
+		// deadline moves it earlier, or when an eighth of the period has
+		// passed: the effective idle timeout is then between 7/8 and all
+		// of the configured one.
+		if deadline != c.armed && (polling || first != c.armedFirst || deadline < c.armed || deadline-c.armed > int64(d)/8 || c.armed == 0) {
+			var t time.Time
+			if deadline != 0 {
+				t = time.Unix(0, deadline)
+			}
+			_ = c.Conn.SetReadDeadline(t)
+			c.armed, c.armedFirst = deadline, first
+		}
+		n, err := c.Conn.Read(b)
+		if n > 0 {
+			c.readBytes.Add(int64(n))
+			if first {
+				c.awaiting.Store(false)
+				c.exchanges.Add(1)
+				c.gone = nil
+			}
+		}
+		if polling && n == 0 && isTimeout(err) && c.hardDeadline.Load() == hd {
+			if c.gone() {
+				c.gone, c.clientLeft = nil, true
+				return 0, errClientGone
+			}
+			continue // still wanted: wait on
+		}
+		return n, err
 	}
-	return n, err
 }
 
 func (c *conn) Close() error {

@@ -24,6 +24,9 @@ var (
 	ErrClosed = errors.New("pool: closed")
 	// ErrAbandoned: the client left while the request was queued.
 	ErrAbandoned = errors.New("pool: client left while queued")
+	// ErrClientGone: the client left while the upstream had not yet sent a
+	// byte (DoWhile); the upstream connection was closed.
+	ErrClientGone = errors.New("pool: client left while waiting for the upstream's first byte")
 )
 
 // Upstream errors: what went wrong talking to the upstream. Returned errors

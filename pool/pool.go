@@ -45,6 +45,12 @@ type Pool struct {
 	releaseFn func()
 	stats     Stats
 	health    health
+	// watches maps the parent-id of a request's traceparent to its
+	// client's "gone" check while DoWhile runs; watching counts them so a
+	// connection skips the lookup when nobody watches.
+	watchMu  sync.Mutex
+	watches  map[[16]byte]func() bool
+	watching atomic.Int64
 }
 
 // New validates the configs and builds the pool. It starts no goroutine:
@@ -65,6 +71,7 @@ func New(up UpstreamConfig, cfg Config) (*Pool, error) {
 		target:  t,
 		slots:   make(chan struct{}, cfg.MaxConnections),
 		closing: make(chan struct{}),
+		watches: map[[16]byte]func() bool{},
 	}
 	p.client = &fasthttp.HostClient{
 		Addr:                          t.addr,
@@ -181,6 +188,24 @@ func (p *Pool) release() {
 // before any response byte. Errors wrap ErrConnect, ErrFirstByteTimeout,
 // ErrReset or ErrProtocol.
 func (p *Pool) Do(req *fasthttp.Request, resp *fasthttp.Response) (retries int, err error) {
+	return p.DoWhile(req, resp, nil)
+}
+
+// DoWhile is Do for a request whose client may leave while the upstream
+// prepares its first byte (a cold model load can take minutes): until that
+// byte comes, gone (may be nil) is polled every clientPollInterval, and a
+// true closes the upstream connection — which is how Ollama learns to stop
+// — and returns ErrClientGone. fasthttp has no per-request cancel, so the
+// connection recognises its request by the parent-id of the W3C
+// traceparent header, unique per upstream call; a request without one is
+// not watched.
+func (p *Pool) DoWhile(req *fasthttp.Request, resp *fasthttp.Response, gone func() bool) (retries int, err error) {
+	if gone != nil {
+		if key, ok := traceKey(req.Header.Peek(traceparentHeader)); ok {
+			p.watch(key, gone)
+			defer p.unwatch(key)
+		}
+	}
 	req.URI().SetSchemeBytes(schemeOf(p.target.isTLS))
 	req.URI().SetHost(p.target.host)
 	req.Header.SetHost(p.target.host)
@@ -189,6 +214,10 @@ func (p *Pool) Do(req *fasthttp.Request, resp *fasthttp.Response) (retries int, 
 		err = p.client.Do(req, resp)
 		if err == nil {
 			return retries, nil
+		}
+		if c := connOf(resp); c != nil && c.clientLeft {
+			p.stats.ClientDisconnects.Add(1)
+			return retries, fmt.Errorf("%s %s: %w", req.Header.Method(), req.URI().Path(), ErrClientGone)
 		}
 		if retries == 0 && p.safeToRetry(req, resp, err) {
 			retries++
