@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -161,8 +162,8 @@ func (a *app) run(sigs, hup <-chan os.Signal) int {
 		})
 	}()
 	serveErr := make(chan error, 2)
-	go func() { defer wg.Done(); serveErr <- a.gw.Serve(a.gwLn) }()
-	go func() { defer wg.Done(); serveErr <- a.admin.Serve(a.adminLn) }()
+	go func() { defer wg.Done(); serveErr <- a.gw.Serve(newRetryListener(a.gwLn, "gateway.listen", log)) }()
+	go func() { defer wg.Done(); serveErr <- a.admin.Serve(newRetryListener(a.adminLn, "admin.listen", log)) }()
 
 	code := 0
 wait:
@@ -208,6 +209,60 @@ wait:
 	wg.Wait()
 	log.Info().Msg("stopped")
 	return code
+}
+
+// retryListener keeps a listener serving through resource exhaustion.
+// fasthttp's Serve treats every accept error but a timeout as permanent and
+// returns, so running out of file descriptors (EMFILE, ENFILE) or socket
+// memory would stop the listener, and the process, for good. Like
+// net/http's Server, Accept waits and tries again instead, backing off from
+// acceptRetryMin to acceptRetryMax (no CPU spin while the pending
+// connections wait in the kernel's backlog), with at most one warning per
+// acceptRetryMax. Other errors, such as a closed listener, pass through.
+type retryListener struct {
+	net.Listener
+	key string
+	log zerolog.Logger
+	// lastWarn is when the last warning was logged (unix ns); suppressed
+	// counts the errors since then. Accept runs on one goroutine, but the
+	// fields are atomics so that is not an invariant to keep.
+	lastWarn   atomic.Int64
+	suppressed atomic.Int64
+}
+
+const (
+	acceptRetryMin = 5 * time.Millisecond
+	acceptRetryMax = time.Second
+)
+
+func newRetryListener(ln net.Listener, key string, log zerolog.Logger) *retryListener {
+	return &retryListener{Listener: ln, key: key, log: log}
+}
+
+func (l *retryListener) Accept() (net.Conn, error) {
+	var delay time.Duration
+	for {
+		c, err := l.Listener.Accept()
+		if err == nil || !resourceExhausted(err) {
+			return c, err
+		}
+		delay = min(max(2*delay, acceptRetryMin), acceptRetryMax)
+		now := time.Now()
+		if now.Sub(time.Unix(0, l.lastWarn.Load())) >= acceptRetryMax {
+			l.lastWarn.Store(now.UnixNano())
+			l.log.Warn().Str("listener", l.key).Err(err).Int64("suppressed", l.suppressed.Swap(0)).
+				Msg("cannot accept connections (out of file descriptors or memory); retrying")
+		} else {
+			l.suppressed.Add(1)
+		}
+		time.Sleep(delay)
+	}
+}
+
+// resourceExhausted reports an accept error that passes once resources free.
+func resourceExhausted(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
 }
 
 func healthMessage(ch pool.HealthChange) string {

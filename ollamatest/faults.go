@@ -42,6 +42,9 @@ const (
 	TrickleInterval = 100 * time.Millisecond
 	// InfiniteMinDelay paces the infinite mode when TokenDelay is zero.
 	InfiniteMinDelay = time.Millisecond
+
+	// HugeContentLength is the Content-Length raw=huge_content_length announces.
+	HugeContentLength = 100 << 20
 )
 
 // Messages of the injected errors.
@@ -205,6 +208,10 @@ func rawResponse(name string) (string, bool) {
 		return "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n{}\n\r\n0\r\n\r\n", true
 	case "not_json":
 		return "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nContent-Length: 24\r\n\r\n<html>not json</html>\n\n\n", true
+	case "huge_content_length":
+		// A non-streamed reply announcing HugeContentLength bytes; two
+		// arrive, then FIN (F-11: refused on the length alone).
+		return "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " + strconv.Itoa(HugeContentLength) + "\r\n\r\n{}", true
 	case "huge_header":
 		return "HTTP/1.1 200 OK\r\nX-Huge: " + strings.Repeat("a", 64<<10) + "\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}", true
 	}
@@ -213,7 +220,7 @@ func rawResponse(name string) (string, bool) {
 
 // RawResponseNames lists the names raw=<name> accepts.
 func RawResponseNames() []string {
-	return []string{"bad_chunk", "cl_and_te", "garbage_status", "huge_header", "not_json", "short_body", "switching_protocols"}
+	return []string{"bad_chunk", "cl_and_te", "garbage_status", "huge_content_length", "huge_header", "not_json", "short_body", "switching_protocols"}
 }
 
 // raw writes canned bytes on the hijacked connection and closes it.

@@ -41,6 +41,9 @@ type health struct {
 	goodRun int
 	// down mirrors s.Down for the request path without the mutex.
 	down atomic.Bool
+	// probeHook, when set (tests only, before RunHealth), runs at the start
+	// of every probe, so a test can make a probe panic.
+	probeHook func()
 }
 
 func (h *health) init(up UpstreamConfig) { h.up = up }
@@ -129,6 +132,9 @@ func (p *Pool) safeProbe(client *fasthttp.HostClient) (err error) {
 			err = fmt.Errorf("health probe panicked: %v", r)
 		}
 	}()
+	if p.health.probeHook != nil {
+		p.health.probeHook()
+	}
 	return p.probe(client)
 }
 
