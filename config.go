@@ -74,6 +74,7 @@ func defaults() map[string]any {
 		"gateway.model_allowlist":     []string{},
 
 		"gateway.max_client_connections": gateway.DefaultMaxClientConnections,
+		"gateway.trusted_proxies":        []string{},
 
 		"admin.listen":                admin.DefaultListen,
 		"upstream.url":                pool.DefaultURL,

@@ -67,6 +67,17 @@ type Config struct {
 	// open streams are unaffected by a connection flood. Default
 	// DefaultMaxClientConnections.
 	MaxClientConnections int `mapstructure:"max_client_connections"`
+	// TrustedProxies are the front proxies (a TLS terminator, a load
+	// balancer), as CIDRs or single addresses, whose X-Forwarded-For the
+	// gateway believes. From a peer in one, the header is kept and the peer
+	// appended, and the client address in the access log and the per-IP
+	// failure budget is the rightmost one not in these ranges. From any
+	// other peer, X-Forwarded-For is replaced by the peer's address.
+	// Default empty: no peer is trusted.
+	TrustedProxies []string `mapstructure:"trusted_proxies"`
+	// trusted is TrustedProxies parsed (by withDefaults; validate reports
+	// a bad entry).
+	trusted trustedProxies
 	// DefaultModel is the model /chat uses when a request names none
 	// (config key upstream.default_model). Default DefaultDefaultModel.
 	DefaultModel string `mapstructure:"-"`
@@ -149,6 +160,7 @@ func (c Config) withDefaults() Config {
 	if c.MaxClientConnections == 0 {
 		c.MaxClientConnections = DefaultMaxClientConnections
 	}
+	c.trusted, _ = parseTrustedProxies(c.TrustedProxies)
 	return c
 }
 
@@ -171,6 +183,9 @@ func (c Config) validate() error {
 	}
 	if c.MaxHeaderBytes < 1024 {
 		return fmt.Errorf("gateway.max_header_bytes: must be at least 1024, got %d", c.MaxHeaderBytes)
+	}
+	if _, err := parseTrustedProxies(c.TrustedProxies); err != nil {
+		return fmt.Errorf("gateway.trusted_proxies: %w", err)
 	}
 	return nil
 }

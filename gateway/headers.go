@@ -2,6 +2,10 @@ package gateway
 
 import (
 	"bytes"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
 
 	"github.com/valyala/fasthttp"
 
@@ -89,4 +93,136 @@ func stripResponseHop(h *fasthttp.ResponseHeader) {
 	for _, k := range hopHeaders {
 		h.Del(k)
 	}
+}
+
+// trustedProxies is gateway.trusted_proxies parsed: the peers whose
+// X-Forwarded-For is believed.
+type trustedProxies []netip.Prefix
+
+// parseTrustedProxies reads CIDRs and bare addresses (a /32 or /128).
+func parseTrustedProxies(list []string) (trustedProxies, error) {
+	var tp trustedProxies
+	for i, s := range list {
+		s = strings.TrimSpace(s)
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil {
+				return nil, fmt.Errorf("entry #%d %q is not an IP address or CIDR", i+1, s)
+			}
+			a = a.Unmap()
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		if p.Addr().Is4In6() {
+			p = netip.PrefixFrom(p.Addr().Unmap(), max(p.Bits()-96, 0))
+		}
+		tp = append(tp, p.Masked())
+	}
+	return tp, nil
+}
+
+func (tp trustedProxies) contains(a netip.Addr) bool {
+	a = a.Unmap()
+	for _, p := range tp {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// parseForwardedAddr reads one X-Forwarded-For entry: an address, or an
+// address with a port ("192.0.2.1:4711", "[2001:db8::1]:4711").
+func parseForwardedAddr(b []byte) (netip.Addr, bool) {
+	if a, err := netip.ParseAddr(string(b)); err == nil {
+		return a.Unmap(), true
+	}
+	if ap, err := netip.ParseAddrPort(string(b)); err == nil {
+		return ap.Addr().Unmap(), true
+	}
+	return netip.Addr{}, false
+}
+
+// clientAddr is the address a request is attributed to. From an untrusted
+// peer it is the peer. From a trusted proxy it is the rightmost
+// X-Forwarded-For entry that is not itself a trusted proxy: each trusted
+// hop appended the address it received from, and everything left of the
+// first untrusted one was written by the client and proves nothing. An
+// entry that is not an address ends the walk at the last trusted hop. ok
+// is false when the result is the peer itself.
+func (tp trustedProxies) clientAddr(peer netip.Addr, h *fasthttp.RequestHeader) (netip.Addr, bool) {
+	if len(tp) == 0 || !tp.contains(peer) {
+		return peer, false
+	}
+	client := peer
+	values := h.PeekAll("X-Forwarded-For")
+	for i := len(values) - 1; i >= 0; i-- {
+		v := values[i]
+		for len(v) > 0 {
+			j := bytes.LastIndexByte(v, ',')
+			entry := bytes.TrimSpace(v[j+1:])
+			v = v[:max(j, 0)]
+			if len(entry) == 0 {
+				continue
+			}
+			a, ok := parseForwardedAddr(entry)
+			if !ok {
+				return client, client != peer
+			}
+			client = a
+			if !tp.contains(a) {
+				return client, true
+			}
+		}
+	}
+	return client, client != peer
+}
+
+// appendForwardedFor appends the X-Forwarded-For value a trusted proxy's
+// request is forwarded with: the proxy's own list (several header lines
+// joined in order, RFC 9110 §5.3), then the proxy itself.
+func appendForwardedFor(dst []byte, peer netip.Addr, h *fasthttp.RequestHeader) []byte {
+	for _, v := range h.PeekAll("X-Forwarded-For") {
+		if v = bytes.TrimSpace(v); len(v) > 0 {
+			dst = append(dst, v...)
+			dst = append(dst, ", "...)
+		}
+	}
+	return peer.AppendTo(dst)
+}
+
+// clientIP returns the IP the access log and the per-IP failure budget use
+// for a request, written over ip (the peer's): unchanged unless the peer is
+// a trusted proxy. With no trusted proxies configured it does not allocate.
+func (g *Gateway) clientIP(ip net.IP, h *fasthttp.RequestHeader) net.IP {
+	if len(g.cfg.trusted) == 0 {
+		return ip
+	}
+	peer, _ := netip.AddrFromSlice(ip)
+	a, ok := g.cfg.trusted.clientAddr(peer.Unmap(), h)
+	if !ok {
+		return ip
+	}
+	if a.Is4() {
+		b := a.As4()
+		return append(ip[:0], b[:]...)
+	}
+	b := a.As16()
+	return append(ip[:0], b[:]...)
+}
+
+// forwardedFor is the X-Forwarded-For value sent upstream, rendered into
+// x's scratch buffer: the peer's address, or for a trusted proxy its list
+// extended by the proxy. A client's own X-Forwarded-For is never passed on
+// (copyRequestHeaders drops it). With no trusted proxies configured it does
+// not allocate.
+func (g *Gateway) forwardedFor(x *exchange, peer net.IP, h *fasthttp.RequestHeader) []byte {
+	p, _ := netip.AddrFromSlice(peer)
+	p = p.Unmap()
+	if len(g.cfg.trusted) == 0 || !g.cfg.trusted.contains(p) {
+		x.scratch = p.AppendTo(x.scratch[:0])
+		return x.scratch
+	}
+	x.scratch = appendForwardedFor(x.scratch[:0], p, h)
+	return x.scratch
 }
