@@ -7,7 +7,9 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -84,12 +86,22 @@ func serve(f serveFlags) error {
 		return err
 	}
 	defer stop()
+	if dir := os.Getenv("BENCH_CPUPROFILE_DIR"); dir != "" && f.role == roleGateway {
+		if fh, err := os.Create(filepath.Join(dir, "cpu.pprof")); err == nil {
+			if pprof.StartCPUProfile(fh) == nil {
+				defer pprof.StopCPUProfile()
+			}
+		}
+	}
 	fmt.Printf("target\t%s\t%s\t%d\n", name, addr, pid)
 	fmt.Println("ready")
 	sc := bufio.NewScanner(os.Stdin) // the parent closes stdin to stop us
 	for sc.Scan() {
 		if sc.Text() == "stats" {
 			fmt.Printf("stats\t%d\n", runtime.NumGoroutine())
+			if dir := os.Getenv("BENCH_MEMDEBUG_DIR"); dir != "" && f.role == roleGateway {
+				memDebug(dir)
+			}
 		}
 	}
 	return nil
@@ -320,4 +332,28 @@ func vmRSS(pid int) int64 {
 		}
 	}
 	return -1
+}
+
+// memDebugNext is the goroutine count at which memDebug reports again: a
+// report every 500 goroutines more than the last, so the last one written
+// is near the peak of a scale wave.
+var memDebugNext int
+
+// memDebug (BENCH_MEMDEBUG_DIR set: a profiling aid for the scale case)
+// prints where the gateway's memory is — heap, goroutine stacks — and
+// writes dir/heap.pprof, each time the goroutine count has grown by 500.
+func memDebug(dir string) {
+	g := runtime.NumGoroutine()
+	if g < memDebugNext {
+		return
+	}
+	memDebugNext = g + 500
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	fmt.Fprintf(os.Stderr, "memdebug goroutines=%d heap_inuse_kib=%d heap_sys_kib=%d stack_inuse_kib=%d sys_kib=%d\n",
+		g, ms.HeapInuse>>10, ms.HeapSys>>10, ms.StackInuse>>10, ms.Sys>>10)
+	if fh, err := os.Create(filepath.Join(dir, "heap.pprof")); err == nil {
+		_ = pprof.WriteHeapProfile(fh)
+		_ = fh.Close()
+	}
 }

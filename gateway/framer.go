@@ -27,7 +27,7 @@ type framer struct {
 	err              error
 }
 
-const framerInitialBuf = 1024 // token frames are ~150 bytes; the buffer grows for bigger ones
+const framerInitialBuf = 512 // token frames are 150–350 bytes; the buffer grows for bigger ones
 
 func newFramer(src io.Reader, sse bool, max int) *framer {
 	return &framer{src: src, sse: sse, max: max, buf: make([]byte, framerInitialBuf)}

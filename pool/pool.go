@@ -85,7 +85,11 @@ func New(up UpstreamConfig, cfg Config) (*Pool, error) {
 		DisablePathNormalizing:        true,
 		NoDefaultUserAgentHeader:      true,
 		SecureErrorLogMessage:         true,
-		ReadBufferSize:                8 << 10, // response headers only; bodies stream past it
+		// Response headers must fit; a streamed body is read through it
+		// for the stream's whole life, so it is memory per stream. 4 KiB
+		// is nginx's default proxy_buffer_size (one page), and Ollama's
+		// headers are a few hundred bytes.
+		ReadBufferSize: 4 << 10,
 		// Retries are Do's decision, made with knowledge fasthttp lacks
 		// (was the connection reused? did any byte come back?).
 		RetryIfErr: func(*fasthttp.Request, int, error) (bool, bool) { return false, false },
