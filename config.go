@@ -72,6 +72,14 @@ func defaults() map[string]any {
 		"gateway.max_body_bytes":      gateway.DefaultMaxBodyBytes,
 		"gateway.max_frame_bytes":     gateway.DefaultMaxFrameBytes,
 		"gateway.model_allowlist":     []string{},
+		"gateway.max_keep_alive":      0,
+		"gateway.max_num_ctx":         0,
+		"gateway.max_num_predict":     0,
+		"gateway.pull_registries":     []string{gateway.DefaultPullRegistry},
+		"gateway.pull_allow_insecure": false,
+		"gateway.max_in_flight":       0,
+
+		"auth.failure_log_lines_per_second": gateway.DefaultFailureLogLinesPerSecond,
 
 		"gateway.max_client_connections": gateway.DefaultMaxClientConnections,
 		"gateway.trusted_proxies":        []string{},
@@ -249,6 +257,9 @@ func (c config) validate() error {
 	}
 	if c.Log.MaxSizeMB <= 0 || c.Log.MaxBackups < 0 || c.Log.BufferLines <= 0 {
 		return errors.New("log.max_size_mb, log.buffer_lines must be positive and log.max_backups not negative")
+	}
+	if c.Auth.FailureLogLinesPerSecond < 0 {
+		return fmt.Errorf("auth.failure_log_lines_per_second: must not be negative, got %d", c.Auth.FailureLogLinesPerSecond)
 	}
 	if strings.TrimSpace(c.Upstream.DefaultModel) == "" {
 		return errors.New("upstream.default_model: must not be empty")

@@ -23,6 +23,9 @@ func newObservability(cfg metrics.Config, p *pool.Pool, gw *gateway.Gateway, sin
 			Name: "vega_panics_total", Help: "Panics recovered at the request boundary (each is a bug; the stack is in the log).",
 		}, func() float64 { return float64(gw.Panics()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "vega_log_suppressed_total", Help: "Access-log lines of failed authentications not written because of sampling (auth.failure_log_lines_per_second).",
+		}, func() float64 { return float64(gw.SuppressedLogLines()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "vega_log_dropped_total", Help: "Log lines dropped because the log queue was full (a slow or failing log disk).",
 		}, func() float64 { return float64(sink.Dropped.Load()) }),
 	)

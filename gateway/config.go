@@ -21,6 +21,13 @@ const (
 	DefaultMaxPromptBytes     = 256 << 10
 	DefaultMaxHistoryMessages = 20
 	DefaultChatMaxTokens      = 4096
+	// DefaultPullRegistry is the registry Ollama pulls a name without a
+	// host from (llama3, library/llama3:8b, ns/model).
+	DefaultPullRegistry = "registry.ollama.ai"
+	// DefaultFailureLogLinesPerSecond is config key
+	// auth.failure_log_lines_per_second's default (the gateway's own zero
+	// means every line).
+	DefaultFailureLogLinesPerSecond = 10
 	// DefaultMaxClientConnections leaves room for the 5,000-stream
 	// benchmark with headroom, while bounding fds and memory per process.
 	DefaultMaxClientConnections = 20000
@@ -61,6 +68,35 @@ type Config struct {
 	// model_not_allowed, so prompts cannot leave the box through a model
 	// the operator did not choose. Empty: Ollama decides (404 if missing).
 	ModelAllowlist []string `mapstructure:"model_allowlist"`
+	// MaxKeepAlive caps keep_alive in inference bodies: a longer one, or a
+	// negative one (Ollama: keep the model loaded forever), gets 400
+	// option_over_limit. Default 0: no cap. An absent keep_alive is
+	// Ollama's own default and is not checked.
+	MaxKeepAlive time.Duration `mapstructure:"max_keep_alive"`
+	// MaxNumCtx caps options.num_ctx in inference bodies (400
+	// option_over_limit above it). Default 0: no cap.
+	MaxNumCtx int `mapstructure:"max_num_ctx"`
+	// MaxNumPredict caps options.num_predict in inference bodies, and the
+	// OpenAI/Anthropic fields Ollama turns into it (max_tokens,
+	// max_output_tokens): a larger or negative (unbounded) value gets 400
+	// option_over_limit. Default 0: no cap. /chat has its own chat.max_tokens.
+	MaxNumPredict int `mapstructure:"max_num_predict"`
+	// PullRegistries are the registry hosts (host or host:port, "*" for
+	// any) that pull and push may name and that create may copy "from";
+	// another host, or a name with a URL scheme, gets 403
+	// registry_not_allowed, so a manage key cannot make Ollama fetch from
+	// an arbitrary address (SSRF). Names without a host are on
+	// DefaultPullRegistry. Default [DefaultPullRegistry].
+	PullRegistries []string `mapstructure:"pull_registries"`
+	// PullAllowInsecure lets pull and push send "insecure": true, which
+	// makes Ollama talk plain HTTP to the registry. Default false: 403
+	// insecure_not_allowed.
+	PullAllowInsecure bool `mapstructure:"pull_allow_insecure"`
+	// MaxInFlight sheds load: a request that arrives while this many are in
+	// flight (streams included, until their last byte) gets 503 shed with
+	// Retry-After before any upstream I/O; /healthz is never shed. Default
+	// 0: no limit (the pool's connection and queue bounds still apply).
+	MaxInFlight int `mapstructure:"max_in_flight"`
 	// MaxClientConnections is the most client connections served at once
 	// (fasthttp's Server.Concurrency). One more is answered by fasthttp
 	// itself with a plain-text 503 and closed, bypassing the handler, so
@@ -124,6 +160,13 @@ type AuthConfig struct {
 	// 0 (the default) means no budget. Behind a local TLS terminator every
 	// client is 127.0.0.1: leave it off there.
 	MaxFailuresPerIP int `mapstructure:"max_failures_per_ip"`
+	// FailureLogLinesPerSecond samples the access log of failed
+	// authentications (401, and the 429 of the per-IP budget): at most this
+	// many lines a second are written, the rest only counted (Gateway.
+	// SuppressedLogLines), so a key-guessing burst cannot flood the log.
+	// 0 writes every line; the config file's default is
+	// DefaultFailureLogLinesPerSecond.
+	FailureLogLinesPerSecond int `mapstructure:"failure_log_lines_per_second"`
 }
 
 func (c Config) withDefaults() Config {
@@ -161,6 +204,9 @@ func (c Config) withDefaults() Config {
 		c.MaxClientConnections = DefaultMaxClientConnections
 	}
 	c.trusted, _ = parseTrustedProxies(c.TrustedProxies)
+	if len(c.PullRegistries) == 0 {
+		c.PullRegistries = []string{DefaultPullRegistry}
+	}
 	return c
 }
 
@@ -187,7 +233,7 @@ func (c Config) validate() error {
 	if _, err := parseTrustedProxies(c.TrustedProxies); err != nil {
 		return fmt.Errorf("gateway.trusted_proxies: %w", err)
 	}
-	return nil
+	return c.validatePolicy()
 }
 
 func (c ChatConfig) withDefaults() ChatConfig {

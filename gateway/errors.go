@@ -29,6 +29,7 @@ const (
 	outcomeShutdownAborted     = "shutdown_aborted"
 	outcomeInternalError       = "internal_error"
 	outcomeMaxDuration         = "max_duration"
+	outcomeShed                = "shed" // over gateway.max_in_flight (Envoy's overload manager flag OM)
 )
 
 // statusClientClosedNoBytes is logged when the client left before any

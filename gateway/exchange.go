@@ -38,6 +38,8 @@ type exchange struct {
 	idReplaced bool
 	// key holds a concurrency slot of the request's key until finish.
 	key *apiKey
+	// inFlight: counted in Gateway.inFlight until finish.
+	inFlight bool
 
 	status         int
 	upstreamStatus int
@@ -90,7 +92,11 @@ func (g *Gateway) newExchange(ctx *fasthttp.RequestCtx) *exchange {
 	path, remote, tp, scratch, goneFn := x.path[:0], x.remote[:0], x.traceparent[:0], x.scratch[:0], x.goneFn
 	*x = exchange{g: g, start: time.Now(), path: append(path, ctx.Path()...), remote: append(remote, ctx.RemoteIP()...),
 		scratch: scratch, goneFn: goneFn, conn: ctx.Conn()}
-	res := trace.Resolve(ctx.Request.Header.Peek(trace.HeaderCorrelationID), ctx.Request.Header.Peek(trace.HeaderRequestID))
+	// PeekAll reuses one slice per header, so each header's values are
+	// picked from before the next PeekAll (arguments run left to right);
+	// the picked value points into the header buffer, not that slice.
+	res := trace.Resolve(trace.Pick(ctx.Request.Header.PeekAll(trace.HeaderCorrelationID)),
+		trace.Pick(ctx.Request.Header.PeekAll(trace.HeaderRequestID)))
 	x.id = res.ID
 	x.idReplaced = res.Replaced
 	x.trace.ParseTraceparent(ctx.Request.Header.Peek(trace.HeaderTraceparent))
@@ -128,7 +134,10 @@ func (x *exchange) finish() {
 	if x.status >= 500 || (x.outcome != outcomeOK && x.outcome != outcomeClientError && x.outcome != outcomeAuthFailed && x.outcome != outcomeClientClosed) {
 		lvl = zerolog.WarnLevel
 	}
-	e := g.log.WithLevel(lvl)
+	var e *zerolog.Event
+	if g.log.GetLevel() <= lvl && x.logLine() { // sampled only if it would be written
+		e = g.log.WithLevel(lvl)
+	}
 	if e != nil {
 		e.Str("correlation_id", x.id).
 			Bytes("trace_id", x.trace.TraceID[:]).
@@ -170,6 +179,9 @@ func (x *exchange) finish() {
 	g.observe(x, dur)
 	if x.key != nil {
 		x.key.release()
+	}
+	if x.inFlight {
+		g.inFlight.Add(-1)
 	}
 	x.g, x.key, x.conn = nil, nil, nil
 	exchangePool.Put(x)

@@ -33,6 +33,10 @@ type Gateway struct {
 	failures *failureBudget
 	// allowed is the model allowlist (nil: any model), names normalised.
 	allowed map[string]bool
+	// inFlight counts requests against cfg.MaxInFlight (shed.go);
+	// authLines samples failed-authentication log lines (logsample.go).
+	inFlight  atomic.Int64
+	authLines lineSampler
 	// faultHook, when set (tests only), is called at named points of the
 	// request path so tests can inject panics.
 	faultHook func(where string)
@@ -154,7 +158,8 @@ var (
 )
 
 // serve is the whole request chain, in order: correlation ID, panic
-// recovery, probe, path check, auth, drain check, then /chat or the proxy.
+// recovery, probe, in-flight limit, path check, auth, drain check, then
+// /chat or the proxy.
 func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 	x := g.newExchange(ctx)
 	x.route = classify(ctx.Path())
@@ -190,6 +195,10 @@ func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 		}
 		ctx.SetContentType(contentTypeJSON)
 		ctx.SetBody(healthzBody)
+		return
+	}
+	if !g.admit(x) {
+		g.reject(ctx, x, errShed)
 		return
 	}
 	if x.route == routeAdminOnly {

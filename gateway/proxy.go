@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"bytes"
-	"encoding/json"
 	"io"
 	"strings"
 	"time"
@@ -57,22 +56,10 @@ func hasMediaType(ct, mt []byte) bool {
 // response was handed to a stream that will finish the exchange.
 func (g *Gateway) proxy(ctx *fasthttp.RequestCtx, x *exchange, keyInAuthorization bool) bool {
 	x.model = modelOf(ctx.Request.Body())
-	if g.allowed != nil && ctx.IsPost() && x.route.scope() == scopeInference {
-		// Decided with encoding/json, as Ollama decodes the body (last
-		// duplicate wins, keys case-insensitive), so a crafted body cannot
-		// show the check one model and Ollama another.
-		var b struct {
-			Model string `json:"model"`
-			Name  string `json:"name"`
-		}
-		_ = json.Unmarshal(ctx.Request.Body(), &b)
-		if b.Model == "" {
-			b.Model = b.Name
-		}
-		if !g.allowed[normalizeModel(b.Model)] {
-			g.reject(ctx, x, errModelNotAllowed)
-			return false
-		}
+	// Model allowlist, resource caps, registry allowlist (policy.go).
+	if e, ok := g.checkBody(ctx, x); !ok {
+		g.reject(ctx, x, e)
+		return false
 	}
 	release, waited, err := g.pool.AcquireWhile(g.closing, x.goneFn)
 	x.queueWait = waited

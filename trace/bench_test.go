@@ -7,22 +7,27 @@ import (
 	"github.com/vega-gateway/vega-gateway/trace"
 )
 
-// BenchmarkResolve covers the three paths of correlation ID handling: a
-// valid client ID (kept, one string copy), no ID (a fresh UUIDv4), and an
-// invalid one (replaced by a UUIDv4).
+// BenchmarkResolve covers the paths of correlation ID handling, each as
+// the gateway calls it (Pick over the header's values, then Resolve): a
+// valid client ID (kept, one string copy), no ID (a fresh UUIDv4), an
+// invalid one (replaced by a UUIDv4), and the header sent twice with an
+// invalid first value (the second kept).
 func BenchmarkResolve(b *testing.B) {
+	valid := []byte("req-2f6c1a0e-7b1d-4c55-9a0b-3f7e2d1c9b8a")
+	invalid := []byte("bad id\r\n" + strings.Repeat("x", 32))
 	for _, tc := range []struct {
 		name               string
-		correlation, reqID []byte
+		correlation, reqID [][]byte
 	}{
-		{"valid", []byte("req-2f6c1a0e-7b1d-4c55-9a0b-3f7e2d1c9b8a"), nil},
+		{"valid", [][]byte{valid}, nil},
 		{"absent", nil, nil},
-		{"invalid", []byte("bad id\r\n" + strings.Repeat("x", 32)), nil},
+		{"invalid", [][]byte{invalid}, nil},
+		{"repeated", [][]byte{invalid, valid}, nil},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for range b.N {
-				res := trace.Resolve(tc.correlation, tc.reqID)
+				res := trace.Resolve(trace.Pick(tc.correlation), trace.Pick(tc.reqID))
 				if res.ID == "" {
 					b.Fatal("empty ID")
 				}

@@ -81,9 +81,27 @@ type Resolution struct {
 	RejectedLen int
 }
 
+// Pick chooses among the values of a header the client sent more than once
+// (fasthttp's PeekAll): the first valid one, else the first one, so that
+// Resolve can say why it was refused. It returns nil for no values. It does
+// not allocate: the result is one of values.
+func Pick(values [][]byte) []byte {
+	for _, v := range values {
+		if Valid(v) {
+			return v
+		}
+	}
+	if len(values) == 0 {
+		return nil
+	}
+	return values[0]
+}
+
 // Resolve picks the request's correlation ID from the client's headers: the
 // X-Correlation-ID if valid, else a valid X-Request-ID, else a new UUIDv4.
-// correlation and requestID are the raw header values (nil when absent).
+// correlation and requestID are the raw header values (nil when absent);
+// for a repeated header pass Pick of its values, so the first valid
+// X-Correlation-ID wins, then the first valid X-Request-ID (B-46).
 func Resolve(correlation, requestID []byte) Resolution {
 	if len(correlation) > 0 {
 		reason := validReason(correlation)

@@ -55,6 +55,50 @@ func TestResolve(t *testing.T) {
 	}
 }
 
+// TestResolveRepeatedHeaders is B-46: with the header sent twice, the first
+// valid X-Correlation-ID wins; else the first valid X-Request-ID; else a
+// new ID, and the refusal reason is the first refused value's.
+func TestResolveRepeatedHeaders(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		corr, reqID []string
+		want        string // "" means a fresh UUIDv4
+		replaced    bool
+	}{
+		{"one each", []string{"corr-1"}, []string{"req-1"}, "corr-1", false},
+		{"two valid: first wins", []string{"corr-1", "corr-2"}, nil, "corr-1", false},
+		{"invalid then valid", []string{"a b", "corr-2"}, []string{"req-1"}, "corr-2", false},
+		{"two invalid, valid request id", []string{"a b", "c d"}, []string{"req-1"}, "req-1", true},
+		{"request id twice", nil, []string{"a b", "req-2"}, "req-2", false},
+		{"nothing valid", []string{"a b"}, []string{"c d", "e f"}, "", true},
+		{"empty then valid", []string{"", "corr-2"}, nil, "corr-2", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := Resolve(Pick(byteValues(tc.corr)), Pick(byteValues(tc.reqID)))
+			if tc.want != "" && got.ID != tc.want {
+				t.Fatalf("ID = %q, want %q", got.ID, tc.want)
+			}
+			if tc.want == "" && !uuidV4.MatchString(got.ID) {
+				t.Fatalf("ID = %q, want a UUIDv4", got.ID)
+			}
+			if got.Replaced != tc.replaced {
+				t.Fatalf("Replaced = %v, want %v", got.Replaced, tc.replaced)
+			}
+		})
+	}
+	if got := Pick(nil); got != nil {
+		t.Fatalf("Pick(nil) = %q, want nil", got)
+	}
+}
+
+func byteValues(ss []string) [][]byte {
+	var out [][]byte
+	for _, s := range ss {
+		out = append(out, []byte(s))
+	}
+	return out
+}
+
 func FuzzCorrelationID(f *testing.F) {
 	for _, s := range []string{"", "abc-123", strings.Repeat("x", 129), "a\r\nb", "%0d%0a", `"{}=`, "héllo", "\u202e", "a|b", "a%b"} {
 		f.Add([]byte(s))
