@@ -212,9 +212,7 @@ func (s *stream) inspect(frame []byte) {
 		s.x.outcome = outcomeUpstreamStreamError
 		return
 	}
-	if bytes.Contains(frame, doneTrue) {
-		readFinalChunk(s.x, frame)
-	}
+	readFinalChunk(s.x, frame)
 }
 
 // fail ends the stream with a terminal error record in its own framing.

@@ -85,14 +85,16 @@ func (c *conn) Read(b []byte) (int, error) {
 	for {
 		first := c.awaiting.Load()
 		d := c.p.up.IdleTimeout
-		now := time.Now().UnixNano()
-		var deadline int64
+		// The clock is read only when it is needed: a first read runs
+		// from sentAt, and time.Now costs ~90 ns on this kind of VM.
+		var now, deadline int64
 		if first {
 			d = c.p.up.FirstByteTimeout
 			if d > 0 {
 				deadline = c.sentAt + int64(d)
 			}
 		} else if d > 0 {
+			now = time.Now().UnixNano()
 			deadline = now + int64(d)
 		}
 		hd := c.hardDeadline.Load()
@@ -104,7 +106,7 @@ func (c *conn) Read(b []byte) (int, error) {
 		// is still there. A reply that comes sooner costs nothing extra.
 		polling := false
 		if first && c.gone != nil {
-			if poll := now + int64(clientPollInterval); deadline == 0 || poll < deadline {
+			if poll := time.Now().UnixNano() + int64(clientPollInterval); deadline == 0 || poll < deadline {
 				deadline, polling = poll, true
 			}
 		}
