@@ -100,7 +100,7 @@ func New(cfg Config, chat ChatConfig, auth AuthConfig, pools []*pool.Pool, log z
 		Name:                         "vega-gateway",
 		NoDefaultServerHeader:        true,
 		ReadBufferSize:               cfg.MaxHeaderBytes,
-		WriteBufferSize:              4 << 10, // frames are flushed one by one; a big buffer only costs memory per stream
+		WriteBufferSize:              2 << 10, // frames are flushed one by one; a big buffer only costs memory per stream
 		ReadTimeout:                  cfg.ReadTimeout,
 		Concurrency:                  cfg.MaxClientConnections,
 		IdleTimeout:                  cfg.KeepAliveTimeout,
