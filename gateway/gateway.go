@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -334,10 +335,35 @@ func isTimeoutErr(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// fasthttpLogger routes fasthttp's own messages into zerolog at warn. With
-// SecureErrorLogMessage set they carry no raw request bytes.
+// fasthttpLogger routes fasthttp's own messages into zerolog at warn.
+// SecureErrorLogMessage keeps raw request bytes out of most of them, but
+// not all: fasthttp v1.78.0 still quotes the whole header buffer — API key
+// included — in "cannot find whitespace in the first line of request %q".
+// So every argument but an address is redacted here: an error keeps its
+// text up to the first quote (where fasthttp starts quoting input).
 type fasthttpLogger struct{ log zerolog.Logger }
 
 func (l fasthttpLogger) Printf(format string, args ...any) {
-	l.log.Warn().Str("component", "fasthttp").Msgf(format, args...)
+	safe := make([]any, len(args))
+	for i, a := range args {
+		switch v := a.(type) {
+		case net.Addr:
+			safe[i] = v
+		case error:
+			safe[i] = redactedError(v.Error())
+		case int, int64, uint64, time.Duration:
+			safe[i] = v
+		default:
+			safe[i] = "[redacted]"
+		}
+	}
+	l.log.Warn().Str("component", "fasthttp").Msgf(format, safe...)
+}
+
+// redactedError cuts an error message at its first quote.
+func redactedError(msg string) string {
+	if i := strings.IndexByte(msg, '"'); i >= 0 {
+		msg = strings.TrimRight(msg[:i], " :") + " [input redacted]"
+	}
+	return msg
 }

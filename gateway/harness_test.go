@@ -66,7 +66,7 @@ func (s *syncBuffer) accessLines(t *testing.T, id string) []map[string]any {
 
 // env is a gateway on a loopback port in front of a fake Ollama.
 type env struct {
-	t    *testing.T
+	t    testing.TB
 	fake *ollamatest.Server
 	pool *pool.Pool
 	gw   *gateway.Gateway
@@ -86,7 +86,7 @@ type envOptions struct {
 	level    zerolog.Level
 }
 
-func startEnv(t *testing.T, o envOptions) *env {
+func startEnv(t testing.TB, o envOptions) *env {
 	t.Helper()
 	e := &env{t: t, logs: &syncBuffer{}}
 	if !o.noFake {

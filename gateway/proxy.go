@@ -180,8 +180,19 @@ func (g *Gateway) relay(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Re
 		return false
 	}
 	// Large or unknown length: relayed as it comes, capped (a chunked body
-	// over the cap is cut, which the client sees as a broken response).
-	ctx.Response.SetBodyStream(g.newRawStream(x, resp, release), cl)
+	// over the cap is cut, which the client sees as a broken response). The
+	// first bytes are read before the headers are committed, so an upstream
+	// that fails before its body starts gets a clean 502, not a connection
+	// closed on a response that never came.
+	rs := g.newRawStream(x, resp, release)
+	if err := rs.prefetch(); err != nil {
+		_ = resp.CloseBodyStream()
+		fasthttp.ReleaseResponse(resp)
+		release()
+		g.replaceRelayed(ctx, x, classifyBody(err))
+		return false
+	}
+	ctx.Response.SetBodyStream(rs, cl)
 	return true
 }
 

@@ -272,13 +272,56 @@ type rawStream struct {
 	src     io.Reader
 	left    int64
 	ended   bool
+	// head holds the body's first bytes, read by prefetch before the
+	// response was committed, and headErr what that read ended with.
+	head    []byte
+	headErr error
 }
+
+// prefetch reads the body's first bytes (up to rawHeadBytes). It returns
+// the error of an upstream that failed before sending any body byte; an
+// empty body (EOF at once) is not an error.
+func (r *rawStream) prefetch() error {
+	buf := make([]byte, max(1, min(rawHeadBytes, r.left)))
+	for {
+		n, err := r.src.Read(buf)
+		if n > 0 {
+			r.head, r.headErr = buf[:n], err
+			return nil
+		}
+		if err == io.EOF {
+			r.headErr = io.EOF
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+const rawHeadBytes = 4 << 10
 
 func (g *Gateway) newRawStream(x *exchange, resp *fasthttp.Response, release func()) *rawStream {
 	return &rawStream{g: g, x: x, resp: resp, release: release, src: resp.BodyStream(), left: int64(g.pool.MaxResponseBytes())}
 }
 
 func (r *rawStream) Read(p []byte) (int, error) {
+	if len(r.head) > 0 || r.headErr != nil {
+		n := copy(p, r.head)
+		r.head = r.head[n:]
+		r.x.bytesOut += int64(n)
+		r.left -= int64(n)
+		if len(r.head) > 0 || r.headErr == nil {
+			return n, nil
+		}
+		err := r.headErr
+		r.headErr = nil
+		if err != io.EOF {
+			return n, r.noteErr(err)
+		}
+		r.ended = true
+		return n, io.EOF
+	}
 	if r.left <= 0 {
 		r.x.outcome = outcomeUpstreamTooLarge
 		r.g.pool.NoteError()
@@ -293,12 +336,18 @@ func (r *rawStream) Read(p []byte) (int, error) {
 	if err == io.EOF {
 		r.ended = true
 	} else if err != nil {
-		r.ended = true
-		e := upstreamError(classifyBody(err))
-		r.x.outcome = e.outcome
-		r.g.pool.NoteError()
+		err = r.noteErr(err)
 	}
 	return n, err
+}
+
+// noteErr records an upstream body error met mid-relay.
+func (r *rawStream) noteErr(err error) error {
+	r.ended = true
+	e := upstreamError(classifyBody(err))
+	r.x.outcome = e.outcome
+	r.g.pool.NoteError()
+	return err
 }
 
 // CloseWithError: see stream.CloseWithError.
