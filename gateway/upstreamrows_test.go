@@ -466,24 +466,31 @@ func TestManyClientsDropAtOnce(t *testing.T) {
 }
 
 // TestPipelinedBehindStream is F-21: a second request pipelined behind a
-// running stream is served after the stream ends, and logged on its own.
+// running stream is served after the stream ends, authenticated on its own
+// (here it carries no key: 401, never forwarded), and logged on its own.
 func TestPipelinedBehindStream(t *testing.T) {
-	e := startEnv(t, envOptions{fake: ollamatest.Config{Tokens: 10, TokenDelay: 20 * time.Millisecond}})
-	raw := "POST /api/chat HTTP/1.1\r\nHost: x\r\nX-Correlation-ID: f21-stream\r\nContent-Length: " + itoa(len(rowsChatBody)) + "\r\n\r\n" + rowsChatBody +
-		"GET /api/tags HTTP/1.1\r\nHost: x\r\nX-Correlation-ID: f21-second\r\nConnection: close\r\n\r\n"
+	const key = "pipe-key-0123456789abcdef0123456789ab"
+	e := startEnv(t, envOptions{
+		fake: ollamatest.Config{Tokens: 10, TokenDelay: 20 * time.Millisecond},
+		auth: gateway.AuthConfig{APIKeys: []string{key}},
+	})
+	raw := "POST /api/chat HTTP/1.1\r\nHost: x\r\nX-API-Key: " + key + "\r\nX-Correlation-ID: f21-stream\r\nContent-Length: " + itoa(len(rowsChatBody)) + "\r\n\r\n" + rowsChatBody +
+		"GET /api/tags HTTP/1.1\r\nHost: x\r\nX-Correlation-ID: f21-no-key\r\n\r\n" +
+		"GET /api/tags HTTP/1.1\r\nHost: x\r\nX-API-Key: " + key + "\r\nX-Correlation-ID: f21-keyed\r\nConnection: close\r\n\r\n"
 	resp, closed := rawExchange(t, strings.TrimPrefix(e.url, "http://"), raw)
-	first := strings.Index(resp, "HTTP/1.1 200")
 	done := strings.Index(resp, `"done":true`)
-	second := strings.LastIndex(resp, "HTTP/1.1 200")
-	if !closed || first < 0 || done < 0 || second <= done || !strings.Contains(resp[second:], `"models"`) {
-		t.Fatalf("want the whole stream, then the second response: %q", resp)
+	unauthorized := strings.Index(resp, "HTTP/1.1 401")
+	third := strings.LastIndex(resp, "HTTP/1.1 200")
+	if !closed || !strings.HasPrefix(resp, "HTTP/1.1 200") || done < 0 || unauthorized < done || third < unauthorized || !strings.Contains(resp[third:], `"models"`) {
+		t.Fatalf("want the whole stream, then 401, then 200: %q", resp)
 	}
 	reqs := e.fake.Requests()
 	if len(reqs) != 2 || reqs[1].Path != "/api/tags" || reqs[1].Received.Before(reqs[0].Finished) {
-		t.Fatalf("the second request reached the upstream before the stream ended: %+v", reqs)
+		t.Fatalf("the fake saw %d requests (want the stream and the keyed one, in order): %+v", len(reqs), reqs)
 	}
 	e.wantOutcome(t, "f21-stream", "ok")
-	e.wantOutcome(t, "f21-second", "ok")
+	e.wantOutcome(t, "f21-no-key", "auth_failed")
+	e.wantOutcome(t, "f21-keyed", "ok")
 }
 
 // hold starts a request that holds a pool slot (the fake never answers)
