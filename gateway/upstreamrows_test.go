@@ -389,7 +389,8 @@ func TestSlowReader(t *testing.T) {
 
 // TestManyClientsDropAtOnce is F-20: N streaming clients close together;
 // every upstream connection is closed and the pool is back to its baseline
-// within a second, with exactly one client_closed access line each.
+// within a second, with exactly one client_closed access line each, and
+// the goroutines return to their baseline.
 func TestManyClientsDropAtOnce(t *testing.T) {
 	const n = 100 // sized for two shared cores
 	e := startEnv(t, envOptions{
@@ -398,6 +399,7 @@ func TestManyClientsDropAtOnce(t *testing.T) {
 	})
 	addr := strings.TrimPrefix(e.url, "http://")
 	body := chatWith("fault:infinite")
+	baseline := runtime.NumGoroutine()
 	conns := make([]net.Conn, n)
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
@@ -463,6 +465,9 @@ func TestManyClientsDropAtOnce(t *testing.T) {
 	if lines != n {
 		t.Fatalf("%d access lines, want %d", lines, n)
 	}
+	// No goroutine left behind (fasthttp's idle workers go after
+	// MaxIdleWorkerDuration, 3 s).
+	waitFor(t, 10*time.Second, "goroutines back to baseline", func() bool { return runtime.NumGoroutine() <= baseline+10 })
 }
 
 // TestPipelinedBehindStream is F-21: a second request pipelined behind a
