@@ -20,8 +20,8 @@ func newObservability(cfg metrics.Config, p *pool.Pool, gw *gateway.Gateway, sin
 	gw.SetObserver(m.Observe)
 	m.Registry().MustRegister(
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "vega_panics_total", Help: "Panics recovered at the request boundary (each is a bug; the stack is in the log).",
-		}, func() float64 { return float64(gw.Panics()) }),
+			Name: "vega_panics_total", Help: "Panics recovered in request handlers, stream writers and health probes (each is a bug; a request's stack is in the log).",
+		}, func() float64 { return float64(gw.Panics() + p.Stats().ProbePanics.Load()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "vega_log_suppressed_total", Help: "Access-log lines of failed authentications not written because of sampling (auth.failure_log_lines_per_second).",
 		}, func() float64 { return float64(gw.SuppressedLogLines()) }),

@@ -261,10 +261,9 @@ func TestMalformedUpstream(t *testing.T) {
 		pooled           bool // the connection went back to the idle pool
 	}{
 		{"garbage status line", "/api/chat", chatWith("fault:raw=garbage_status"), 502, "upstream_protocol_error", "upstream_protocol_error", false},
-		// Known defect (pool.Do): fasthttp hands a 101 connection back to its
-		// idle pool before relay sees the status; relay's SetConnectionClose
-		// comes too late. The next request retries it when it fails.
-		{"switching protocols", "/api/chat", chatWith("fault:raw=switching_protocols"), 502, "upstream_protocol_error", "upstream_protocol_error", true},
+		// fasthttp hands a 101 connection back to its idle pool before relay
+		// sees the status; pool.Do closes it right away.
+		{"switching protocols", "/api/chat", chatWith("fault:raw=switching_protocols"), 502, "upstream_protocol_error", "upstream_protocol_error", false},
 		{"header block over the buffer", "/api/chat", chatWith("fault:raw=huge_header"), 502, "upstream_protocol_error", "upstream_protocol_error", false},
 		// A body shorter than its Content-Length, then FIN: the upstream hung
 		// up early, which the gateway reports as a reset.
@@ -295,9 +294,8 @@ func TestMalformedUpstream(t *testing.T) {
 			}
 			e.wantOutcome(t, id, tc.outcome)
 			if tc.pooled {
-				// The HTTP framing was intact (or, for 101, fasthttp
-				// released the connection before relay saw the status), so
-				// the connection went back to the idle pool. The fake has
+				// The HTTP framing was intact, so the connection went back
+				// to the idle pool. The fake has
 				// closed it; the next request's retry hides that.
 				waitFor(t, 2*time.Second, "connection back in the pool", func() bool {
 					s := e.pool.Snapshot()

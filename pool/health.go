@@ -129,6 +129,7 @@ func (p *Pool) RunHealth(ctx context.Context, observe func(HealthChange)) {
 func (p *Pool) safeProbe(client *fasthttp.HostClient) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
+			p.stats.ProbePanics.Add(1)
 			err = fmt.Errorf("health probe panicked: %v", r)
 		}
 	}()

@@ -25,6 +25,7 @@ type Stats struct {
 	Retries           atomic.Int64 // requests sent a second time because the first never arrived
 	ClientDisconnects atomic.Int64 // upstream connections closed because the client left
 	Abandoned         atomic.Int64 // queued requests whose client left before a slot came free
+	ProbePanics       atomic.Int64 // health probes that panicked (each is a bug; counted as a failed probe)
 }
 
 // Pool is one upstream behind a hard bound on connections. All of the
@@ -217,6 +218,16 @@ func (p *Pool) DoWhile(req *fasthttp.Request, resp *fasthttp.Response, gone func
 		p.stats.RequestsMade.Add(1)
 		err = p.client.Do(req, resp)
 		if err == nil {
+			if resp.StatusCode() < 200 {
+				// A 1xx/101 answer (never relayed) leaves the connection in
+				// another protocol or mis-framed, and fasthttp has already
+				// put it back in its idle list: close it under fasthttp's
+				// feet; its next user fails at once and, the connection
+				// being reused and silent, retries on a fresh one.
+				if c := connOf(resp); c != nil {
+					_ = c.Close()
+				}
+			}
 			return retries, nil
 		}
 		if c := connOf(resp); c != nil && c.clientLeft {

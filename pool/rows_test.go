@@ -50,6 +50,9 @@ func TestHealthProbePanics(t *testing.T) {
 	if h.ConsecutiveFailures < DefaultUnhealthyAfter || !strings.Contains(h.LastError, "health probe panicked") || p.Ready() {
 		t.Fatalf("health after panics: %+v", h)
 	}
+	if got := p.Stats().ProbePanics.Load(); got < DefaultUnhealthyAfter {
+		t.Fatalf("ProbePanics = %d, want at least %d (vega_panics_total includes it)", got, DefaultUnhealthyAfter)
+	}
 	if _, _, err := p.Acquire(nil); err != ErrUnhealthy {
 		t.Fatalf("Acquire while down: %v, want ErrUnhealthy", err)
 	}
