@@ -192,7 +192,7 @@ func TestRequestFraming(t *testing.T) {
 		{row: "B-22", name: "xchunked", raw: blob("Transfer-Encoding: xchunked", "b22-d", "5\r\nb22-d\r\n0\r\n\r\n"), want: []int{400}, code: "bad_request"},
 		{row: "B-22", name: "two TE headers", raw: blob("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked", "b22-e", "5\r\nb22-e\r\n0\r\n\r\n"), want: []int{400}, code: "bad_request"},
 		{row: "B-22", name: "identity then chunked", raw: blob("Transfer-Encoding: identity\r\nTransfer-Encoding: chunked", "b22-f", "5\r\nb22-f\r\n0\r\n\r\n"), want: []int{400}, code: "bad_request"},
-		{row: "B-22", name: "TE on HTTP/1.0", raw: strings.Replace(blob("Transfer-Encoding: chunked", "b22-g", "5\r\nb22-g\r\n0\r\n\r\n"), "HTTP/1.1", "HTTP/1.0", 1), want: []int{400}, code: "bad_request"},
+		{row: "B-22", name: "TE on HTTP 1.0", raw: strings.Replace(blob("Transfer-Encoding: chunked", "b22-g", "5\r\nb22-g\r\n0\r\n\r\n"), "HTTP/1.1", "HTTP/1.0", 1), want: []int{400}, code: "bad_request"},
 		{row: "B-22", name: "Chunked on an inference route", raw: post("Transfer-Encoding: Chunked\r\n", "5\r\nhello\r\n0\r\n\r\n"), want: []int{411}, code: "length_required"},
 		// B-23: header syntax.
 		{row: "B-23", name: "control byte in a name", raw: get("X-Fo\x01o: a\r\n"), want: []int{400}, code: "bad_request"},
@@ -319,7 +319,7 @@ func TestRequestBodies(t *testing.T) {
 			t.Fatalf("status %d %.100s; upstream body %q, want %q", st, resp, reqs[len(reqs)-1].Body, body)
 		}
 	})
-	t.Run("B-08 /chat keeps the prompt string", func(t *testing.T) {
+	t.Run("B-08 chat keeps the prompt string", func(t *testing.T) {
 		var prompt string
 		_ = json.Unmarshal([]byte(`"`+odd+`"`), &prompt)
 		st, _, resp := e.do("POST", "/chat", `{"prompt":"`+odd+`"}`, nil)
@@ -338,14 +338,14 @@ func TestRequestBodies(t *testing.T) {
 		code                           string // "" for an answer from the fake
 		forwarded                      int
 	}{
-		{row: "B-09", name: "top-level nesting on /chat", path: "/chat", body: deep, status: 400, code: "invalid_json"},
-		{row: "B-09", name: "nesting in options on /chat", path: "/chat", body: `{"prompt":"hi","options":{"a":` + deep + `}}`, status: 400, code: "invalid_json"},
-		{row: "B-09", name: "nesting in history on /chat", path: "/chat", body: `{"prompt":"hi","history":` + deep + `}`, status: 400, code: "invalid_json"},
+		{row: "B-09", name: "top-level nesting on chat", path: "/chat", body: deep, status: 400, code: "invalid_json"},
+		{row: "B-09", name: "nesting in options on chat", path: "/chat", body: `{"prompt":"hi","options":{"a":` + deep + `}}`, status: 400, code: "invalid_json"},
+		{row: "B-09", name: "nesting in history on chat", path: "/chat", body: `{"prompt":"hi","history":` + deep + `}`, status: 400, code: "invalid_json"},
 		// Pass-through bodies are not parsed (no allowlist): Ollama's own
 		// decoder refuses them, and its 400 is relayed.
 		{row: "B-09", name: "nesting on a pass-through route", path: "/api/chat", body: `{"model":"llama3.2","messages":[],"options":{"a":` + deep + `}}`, status: 400, forwarded: 1},
 		{row: "B-13", name: "prompt one byte over", path: "/chat", body: `{"prompt":"` + strings.Repeat("a", 1025) + `"}`, status: 400, code: "prompt_too_long"},
-		{row: "B-13", name: "prompt counted in bytes, not runes", path: "/chat", body: `{"prompt":"` + strings.Repeat("€", 342) + `"}`, status: 400, code: "prompt_too_long"},
+		{row: "B-13", name: "prompt counted in bytes not runes", path: "/chat", body: `{"prompt":"` + strings.Repeat("€", 342) + `"}`, status: 400, code: "prompt_too_long"},
 		{row: "B-13", name: "prompt at the cap", path: "/chat", body: `{"prompt":"` + strings.Repeat("€", 341) + `a"}`, status: 200, forwarded: 1},
 		{row: "B-15", name: "charset utf-8", path: "/chat", ct: "application/json; charset=utf-8", status: 200, forwarded: 1},
 		{row: "B-15", name: "upper case", path: "/chat", ct: "APPLICATION/JSON", status: 200, forwarded: 1},
@@ -439,7 +439,7 @@ func TestBodyCaps(t *testing.T) {
 			}
 		}
 	})
-	t.Run("B-10 /chat body between the caps", func(t *testing.T) {
+	t.Run("B-10 chat body between the caps", func(t *testing.T) {
 		body := `{"prompt":"` + strings.Repeat("a", 32<<10) + `"}`
 		tc := framingCase{raw: "POST /chat HTTP/1.1\r\nHost: x\r\n" + k + "Content-Length: " + itoa(len(body)) + "\r\n\r\n" + body,
 			want: []int{413}, code: "body_too_large", open: true}
