@@ -152,7 +152,7 @@ func (x *exchange) finish() {
 			Int("bytes_in", x.bytesIn).
 			Int64("bytes_out", x.bytesOut).
 			Str("upstream", g.pool.URL()).
-			IPAddr("remote_ip", x.remote)
+			Bytes("remote_ip", x.remoteText()) // pooled text; IPAddr would allocate a string per line
 		if x.upstreamStatus != 0 {
 			e.Int("upstream_status", x.upstreamStatus)
 		}
