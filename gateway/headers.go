@@ -95,6 +95,38 @@ func stripResponseHop(h *fasthttp.ResponseHeader) {
 	}
 }
 
+// sentChunked reports whether the request came with Transfer-Encoding.
+// fasthttp reports Content-Length -1 for a chunked body, but once it has
+// read an empty one it reports 0 and drops the header, so the raw header
+// block is checked then (only then: a body-less request costs one scan of
+// its header block).
+func sentChunked(h *fasthttp.RequestHeader) bool {
+	switch h.ContentLength() {
+	case -1:
+		return true
+	case 0:
+		return hasField(h.RawHeaders(), "transfer-encoding")
+	}
+	return false
+}
+
+// hasField reports whether the raw header block has a field named name
+// (lower case), compared case-insensitively.
+func hasField(raw []byte, name string) bool {
+	for len(raw) > 0 {
+		line := raw
+		if i := bytes.IndexByte(raw, '\n'); i >= 0 {
+			line, raw = raw[:i], raw[i+1:]
+		} else {
+			raw = nil
+		}
+		if len(line) > len(name) && line[len(name)] == ':' && bytes.EqualFold(line[:len(name)], []byte(name)) {
+			return true
+		}
+	}
+	return false
+}
+
 // trustedProxies is gateway.trusted_proxies parsed: the peers whose
 // X-Forwarded-For is believed.
 type trustedProxies []netip.Prefix

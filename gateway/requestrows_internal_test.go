@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bufio"
 	"net"
 	"net/netip"
 	"strings"
@@ -114,5 +115,32 @@ func TestForwardingWithoutTrustedProxiesDoesNotAllocate(t *testing.T) {
 	}
 	if got := string(g.forwardedFor(x, peer, &h)); got != "127.0.0.1" {
 		t.Fatalf("X-Forwarded-For %q", got)
+	}
+}
+
+// TestSentChunked: an empty chunked body still counts as chunked (fasthttp
+// reports Content-Length 0 for it once read).
+func TestSentChunked(t *testing.T) {
+	for _, tc := range []struct {
+		name, raw string
+		want      bool
+	}{
+		{"chunked body", "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", true},
+		{"empty chunked body", "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", true},
+		{"empty chunked body with Content-Length", "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n", true},
+		{"folded", "POST /a HTTP/1.1\r\nHost: x\r\nTRANSFER-ENCODING:\r\n chunked\r\n\r\n0\r\n\r\n", true},
+		{"Content-Length", "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello", false},
+		{"empty body", "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nX-Transfer-Encoding: chunked\r\n\r\n", false},
+		{"no body", "GET /a HTTP/1.1\r\nHost: x\r\nX-Note: Transfer-Encoding: chunked\r\n\r\n", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var req fasthttp.Request
+			if err := req.Read(bufio.NewReader(strings.NewReader(tc.raw))); err != nil {
+				t.Fatal(err)
+			}
+			if got := sentChunked(&req.Header); got != tc.want {
+				t.Fatalf("sentChunked %v, want %v (Content-Length %d)", got, tc.want, req.Header.ContentLength())
+			}
+		})
 	}
 }
