@@ -294,7 +294,6 @@ func (g *Gateway) serveChat(ctx *fasthttp.RequestCtx, x *exchange) bool {
 		ctx.SetContentType("application/x-ndjson")
 		ctx.Response.Header.Set("Cache-Control", "no-cache")
 		ctx.Response.Header.Set("X-Accel-Buffering", "no")
-		ctx.Response.ImmediateHeaderFlush = true
 		x.status = fasthttp.StatusOK
 		x.streamed = true
 		ctx.Response.SetBodyStream(g.newStream(ctx, x, resp, release, false, translateChat), -1)

@@ -159,7 +159,8 @@ func (g *Gateway) relay(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Re
 		s := g.newStream(ctx, x, resp, release, kind == frameSSE, translate)
 		ctx.Response.Header.Set("Cache-Control", "no-cache")
 		ctx.Response.Header.Set("X-Accel-Buffering", "no")
-		ctx.Response.ImmediateHeaderFlush = true
+		// Headers go out with the first frame, in one write, as Ollama
+		// itself sends them (its first flush carries both).
 		ctx.Response.SetBodyStream(s, -1)
 		x.streamed = true
 		return true
