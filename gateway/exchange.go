@@ -92,6 +92,8 @@ func (g *Gateway) newExchange(ctx *fasthttp.RequestCtx) *exchange {
 	path, remote, tp, scratch, goneFn := x.path[:0], x.remote[:0], x.traceparent[:0], x.scratch[:0], x.goneFn
 	*x = exchange{g: g, start: time.Now(), path: append(path, ctx.Path()...), remote: append(remote, ctx.RemoteIP()...),
 		scratch: scratch, goneFn: goneFn, conn: ctx.Conn()}
+	// Behind a trusted proxy the client is in its X-Forwarded-For (B-61).
+	x.remote = g.clientIP(x.remote, &ctx.Request.Header)
 	// PeekAll reuses one slice per header, so each header's values are
 	// picked from before the next PeekAll (arguments run left to right);
 	// the picked value points into the header buffer, not that slice.

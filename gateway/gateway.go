@@ -215,7 +215,7 @@ func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 		g.reject(ctx, x, apiError{400, "invalid_path", "the request path is not allowed", outcomeClientError, ""})
 		return
 	}
-	if ctx.Request.Header.ContentLength() == -1 && x.route.name != "/api/blobs/:digest" {
+	if sentChunked(&ctx.Request.Header) && x.route.name != "/api/blobs/:digest" {
 		// Chunked bodies (or Content-Length together with
 		// Transfer-Encoding, which fasthttp reads as chunked) are refused
 		// on routes whose real clients always send a length: a front proxy
@@ -332,7 +332,9 @@ func (g *Gateway) expect(ctx *fasthttp.RequestCtx) int {
 
 func isTimeoutErr(err error) bool {
 	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
+	// fasthttp's own ErrTimeout (a body that stops mid-chunk) is not a
+	// net.Error.
+	return errors.Is(err, fasthttp.ErrTimeout) || errors.As(err, &ne) && ne.Timeout()
 }
 
 // fasthttpLogger routes fasthttp's own messages into zerolog at warn.

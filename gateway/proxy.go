@@ -110,7 +110,7 @@ func (g *Gateway) outboundRequest(ctx *fasthttp.RequestCtx, x *exchange, req *fa
 	req.Header.SetRequestURIBytes(ctx.URI().RequestURI())
 	req.Header.Set(trace.HeaderCorrelationID, x.id)
 	req.Header.SetBytesV(trace.HeaderTraceparent, x.traceparent)
-	req.Header.SetBytesV("X-Forwarded-For", x.remoteText())
+	req.Header.SetBytesV("X-Forwarded-For", g.forwardedFor(x, ctx.RemoteIP(), &ctx.Request.Header))
 }
 
 // relay sends the upstream response to the client: headers less hop-by-hop
