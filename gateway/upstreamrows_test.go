@@ -321,9 +321,12 @@ func TestMalformedUpstream(t *testing.T) {
 			t.Fatalf("%d %q", st, body)
 		}
 		e.wantOutcome(t, id, "ok")
-		// Not marked for close either: the connection is pooled (the fake
-		// closed it after its canned bytes).
-		waitFor(t, 2*time.Second, "connection back in the pool", func() bool { return e.pool.Snapshot().ConnectionsIdle == 1 })
+		// Relayed, but the connection is never reused: pool.Do marks such
+		// a response for close.
+		waitFor(t, 2*time.Second, "upstream connection closed", func() bool {
+			s := e.pool.Snapshot()
+			return s.ConnectionsOpen == 0 && s.ConnectionsIdle == 0
+		})
 	})
 }
 

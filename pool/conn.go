@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"bytes"
 	"errors"
 	"net"
 	"sync"
@@ -50,6 +51,11 @@ type conn struct {
 	// clientLeft records that a read ended with errClientGone: fasthttp
 	// does not hand our error back unchanged, so Do asks the connection.
 	clientLeft bool
+	// ambiguous records that the response's header block (as far as the
+	// first read holds it) has both Content-Length and Transfer-Encoding:
+	// fasthttp frames it by the latter, as RFC 9112 allows, but the
+	// connection must not carry another exchange (see Do).
+	ambiguous bool
 }
 
 // connAddr is conn's LocalAddr: it lets Do find, from a failed Response, the
@@ -66,7 +72,7 @@ func (c *conn) Write(b []byte) (int, error) {
 		c.awaiting.Store(true)
 		c.readBytes.Store(0)
 		c.sentAt = time.Now().UnixNano()
-		c.gone, c.scanned, c.clientLeft = nil, 0, false
+		c.gone, c.scanned, c.clientLeft, c.ambiguous = nil, 0, false, false
 	}
 	// A header block longer than fasthttp's write buffer comes in several
 	// writes: look through the first 64 KiB of them.
@@ -129,6 +135,7 @@ func (c *conn) Read(b []byte) (int, error) {
 				c.awaiting.Store(false)
 				c.exchanges.Add(1)
 				c.gone = nil
+				c.ambiguous = ambiguousFraming(b[:n])
 			}
 		}
 		if polling && n == 0 && isTimeout(err) && c.hardDeadline.Load() == hd {
@@ -199,4 +206,33 @@ func (p *Pool) dial(addr string) (net.Conn, error) {
 	c := &conn{Conn: nc, p: p}
 	c.local = connAddr{Addr: nc.LocalAddr(), c: c}
 	return c, nil
+}
+
+var (
+	headerContentLength    = []byte("content-length:")
+	headerTransferEncoding = []byte("transfer-encoding:")
+)
+
+// ambiguousFraming reports whether the header block at the start of b has
+// both a Content-Length and a Transfer-Encoding line (names in any case).
+func ambiguousFraming(b []byte) bool {
+	var cl, te bool
+	for {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 || i <= 1 { // end of what was read, or the blank line
+			return cl && te
+		}
+		b = b[i+1:]
+		switch {
+		case len(b) >= len(headerContentLength) && (b[0] == 'c' || b[0] == 'C') &&
+			bytes.EqualFold(b[:len(headerContentLength)], headerContentLength):
+			cl = true
+		case len(b) >= len(headerTransferEncoding) && (b[0] == 't' || b[0] == 'T') &&
+			bytes.EqualFold(b[:len(headerTransferEncoding)], headerTransferEncoding):
+			te = true
+		}
+		if cl && te {
+			return true
+		}
+	}
 }

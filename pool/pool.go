@@ -218,6 +218,13 @@ func (p *Pool) DoWhile(req *fasthttp.Request, resp *fasthttp.Response, gone func
 		p.stats.RequestsMade.Add(1)
 		err = p.client.Do(req, resp)
 		if err == nil {
+			if c := connOf(resp); c != nil && c.ambiguous {
+				// Both Content-Length and Transfer-Encoding: framed by the
+				// latter (RFC 9112 §6.3), relayed, and the connection is
+				// closed after this exchange, never reused — the sender's
+				// framing cannot be trusted for the next response.
+				resp.SetConnectionClose()
+			}
 			if resp.StatusCode() < 200 {
 				// A 1xx/101 answer (never relayed) leaves the connection in
 				// another protocol or mis-framed, and fasthttp has already
