@@ -22,6 +22,35 @@ type logSink struct {
 	diode   diode.Writer
 	file    *lumberjack.Logger
 	Dropped atomic.Int64 // lines dropped because the queue was full
+	// WriteErrors counts lines the log file refused (disk full, EIO, file
+	// gone). Those lines still reach stdout; stderr gets one warning a
+	// minute while it lasts.
+	WriteErrors atomic.Int64
+}
+
+// fileWriter is the log file as the multi-writer sees it: a failed write
+// is counted and reported on stderr (rate-limited), never passed up, so
+// the line still goes to stdout and nothing blocks. It runs on the
+// diode's one draining goroutine, so lastWarn needs no lock.
+type fileWriter struct {
+	w        io.Writer
+	sink     *logSink
+	stderr   io.Writer
+	lastWarn time.Time
+}
+
+// logWriteWarnEvery is how often a failing log file is reported on stderr.
+const logWriteWarnEvery = time.Minute
+
+func (f *fileWriter) Write(p []byte) (int, error) {
+	if _, err := f.w.Write(p); err != nil {
+		n := f.sink.WriteErrors.Add(1)
+		if now := time.Now(); now.Sub(f.lastWarn) >= logWriteWarnEvery {
+			f.lastWarn = now
+			fmt.Fprintf(f.stderr, "warning: writing gateway.log failed (%v); log lines still go to stdout; %d failed writes so far\n", err, n)
+		}
+	}
+	return len(p), nil
 }
 
 // newLogger builds the root logger. An unusable log directory is not
@@ -36,7 +65,7 @@ func newLogger(cfg logConfig, stdout, stderr io.Writer) (zerolog.Logger, *logSin
 			sink.file = &lumberjack.Logger{
 				Filename: filepath.Join(cfg.Dir, "gateway.log"), MaxSize: cfg.MaxSizeMB, MaxBackups: cfg.MaxBackups,
 			}
-			writers = append(writers, sink.file)
+			writers = append(writers, &fileWriter{w: sink.file, sink: sink, stderr: stderr})
 		}
 	}
 	if f, ok := stdout.(*os.File); ok && isatty.IsTerminal(f.Fd()) {

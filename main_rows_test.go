@@ -254,6 +254,17 @@ func TestLogDropsCounted(t *testing.T) {
 	if got := metricValue(t, p.admin, "vega_log_dropped_total"); got <= 0 {
 		t.Fatalf("vega_log_dropped_total = %v after %d requests through a 2-line log queue", got, n)
 	}
+	// Every line the file refused is counted, and stderr says so once (a
+	// minute), while the lines still reach stdout.
+	if got := metricValue(t, p.admin, "vega_log_write_errors_total"); got <= 0 {
+		t.Fatalf("vega_log_write_errors_total = %v with gateway.log on /dev/full", got)
+	}
+	if c := strings.Count(p.stdout.String(), "warning: writing gateway.log failed"); c != 1 {
+		t.Fatalf("%d write-failure warnings, want 1 (rate-limited)", c)
+	}
+	if !strings.Contains(p.stdout.String(), `"message":"request"`) {
+		t.Fatal("no access line reached stdout")
+	}
 	p.stop(t)
 }
 
@@ -413,5 +424,111 @@ func TestAdminHoldsNoSecrets(t *testing.T) {
 				t.Fatalf("secret %.12q… found near %q", s, all[max(0, i-80):i])
 			}
 		}
+	}
+}
+
+// TestSIGHUPReloadsKeys is F-39 through the binary: SIGHUP re-reads
+// auth.keys_file; a bad file is refused (logged, counted in
+// vega_config_reload_failures_total) and the previous keys keep working;
+// a good one takes effect at once.
+func TestSIGHUPReloadsKeys(t *testing.T) {
+	const oldKey, newKey = "sighup-old-key-0123456789abcdef0123", "sighup-new-key-0123456789abcdef0123"
+	keysFile := filepath.Join(t.TempDir(), "keys.yaml")
+	write := func(s string) {
+		t.Helper()
+		if err := os.WriteFile(keysFile, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("- name: old\n  key: " + oldKey + "\n")
+	p := startProcess(t, []string{"serve", "--demo"}, "VEGA_AUTH_KEYS_FILE="+keysFile)
+	status := func(key string) int {
+		t.Helper()
+		st, _, _ := get(t, "http://"+p.data+"/api/tags", map[string]string{"X-API-Key": key})
+		return st
+	}
+	if status(oldKey) != 200 || status(newKey) != 401 {
+		t.Fatal("keys at start: want the old key only")
+	}
+	hup := func() {
+		t.Helper()
+		if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	write("- name: new\n  key: [not, a, key\n")
+	hup()
+	deadline := time.Now().Add(3 * time.Second)
+	for metricValue(t, p.admin, "vega_config_reload_failures_total") != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("vega_config_reload_failures_total never reached 1; output:\n%s", tailOf(p.stdout.String(), 2000))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if status(oldKey) != 200 || status(newKey) != 401 {
+		t.Fatal("after a bad reload: the old key must still be the only one")
+	}
+	if !strings.Contains(p.stdout.String(), "key reload failed; the previous keys stay in force") {
+		t.Fatal("the failed reload was not logged")
+	}
+
+	write("- name: new\n  key: " + newKey + "\n")
+	hup()
+	deadline = time.Now().Add(3 * time.Second)
+	for status(newKey) != 200 {
+		if time.Now().After(deadline) {
+			t.Fatal("the new key never took effect")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if status(oldKey) != 401 {
+		t.Fatal("the old key still works after a reload that dropped it")
+	}
+	if got := metricValue(t, p.admin, "vega_config_reload_failures_total"); got != 1 {
+		t.Fatalf("vega_config_reload_failures_total = %v after a good reload, want still 1", got)
+	}
+	if strings.Contains(p.stdout.String(), oldKey) || strings.Contains(p.stdout.String(), newKey) {
+		t.Fatal("a key reached the log")
+	}
+	p.stop(t)
+}
+
+// TestInvalidConfigExits is F-37 through the binary: a bad setting stops
+// start-up at once with a non-zero exit and a message naming the setting,
+// never echoes a secret, and binds neither port.
+func TestInvalidConfigExits(t *testing.T) {
+	const secret = "f37-secret-password-0123456789"
+	for _, tc := range []struct {
+		name string
+		env  []string
+		want string
+	}{
+		{"bad duration", []string{"VEGA_GATEWAY_READ_TIMEOUT=soon"}, "gateway.read_timeout"},
+		{"negative bound", []string{"VEGA_POOL_MAX_CONNECTIONS=-1"}, "pool.max_connections"},
+		{"credentials in the upstream URL", []string{"VEGA_UPSTREAM_URL=http://admin:" + secret + "@127.0.0.1:11434"}, "upstream.url"},
+		{"unknown log level", []string{"VEGA_LOG_LEVEL=loud"}, "log.level"},
+		{"bad trusted proxy", []string{"VEGA_GATEWAY_TRUSTED_PROXIES=not-an-address"}, "gateway.trusted_proxies"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			data, admin := freeAddr(t), freeAddr(t)
+			start := time.Now()
+			out, err := runToExit(t, []string{"serve"}, append([]string{"VEGA_GATEWAY_LISTEN=" + data, "VEGA_ADMIN_LISTEN=" + admin}, tc.env...)...)
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() == 0 {
+				t.Fatalf("exit %v, want non-zero; output:\n%s", err, out)
+			}
+			if d := time.Since(start); d > 5*time.Second {
+				t.Errorf("took %v to refuse the config", d)
+			}
+			if !strings.Contains(out, tc.want) {
+				t.Fatalf("output does not name %s:\n%s", tc.want, out)
+			}
+			if strings.Contains(out, secret) {
+				t.Fatalf("the secret is in the output:\n%s", out)
+			}
+			wantFree(t, data)
+			wantFree(t, admin)
+		})
 	}
 }

@@ -23,11 +23,17 @@ func newObservability(cfg metrics.Config, p *pool.Pool, gw *gateway.Gateway, sin
 			Name: "vega_panics_total", Help: "Panics recovered in request handlers, stream writers and health probes (each is a bug; a request's stack is in the log).",
 		}, func() float64 { return float64(gw.Panics() + p.Stats().ProbePanics.Load()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "vega_config_reload_failures_total", Help: "Key reloads (SIGHUP re-reads auth.keys_file) that failed; the previous keys stayed in force.",
+		}, func() float64 { return float64(gw.KeyReloadFailures()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "vega_log_suppressed_total", Help: "Access-log lines of failed authentications not written because of sampling (auth.failure_log_lines_per_second).",
 		}, func() float64 { return float64(gw.SuppressedLogLines()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "vega_log_dropped_total", Help: "Log lines dropped because the log queue was full (a slow or failing log disk).",
 		}, func() float64 { return float64(sink.Dropped.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "vega_log_write_errors_total", Help: "Log lines the log file refused (disk full, I/O error); they still went to stdout.",
+		}, func() float64 { return float64(sink.WriteErrors.Load()) }),
 	)
 	return m, nil
 }

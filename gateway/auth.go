@@ -197,12 +197,16 @@ func (k *Keyring) find(presented []byte) *apiKey {
 	d := sha256.Sum256(presented)
 	var found *apiKey
 	for _, ak := range k.keys {
-		if subtle.ConstantTimeCompare(d[:], ak.digest[:]) == 1 {
+		if digestsEqual(d[:], ak.digest[:]) == 1 {
 			found = ak
 		}
 	}
 	return found
 }
+
+// digestsEqual is the comparison find makes for every key, a variable only
+// so a test can count the calls (B-35: no early exit, whatever matches).
+var digestsEqual = subtle.ConstantTimeCompare
 
 var bearerPrefix = []byte("bearer ")
 

@@ -29,7 +29,9 @@ type Gateway struct {
 	draining atomic.Bool
 	closing  chan struct{}
 	panics   atomic.Int64
-	streams  streamSet
+	// reloadFailures counts key reloads (SIGHUP) that failed.
+	reloadFailures atomic.Int64
+	streams        streamSet
 	// failures is the per-IP authentication failure budget (nil: off).
 	failures *failureBudget
 	// allowed is the model allowlist (nil: any model), names normalised.
@@ -221,6 +223,14 @@ func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 		// on routes whose real clients always send a length: a front proxy
 		// that framed the request by Content-Length would desync (B-24).
 		g.reject(ctx, x, apiError{411, "length_required", "send the body with a Content-Length", outcomeClientError, ""})
+		ctx.SetConnectionClose()
+		return
+	}
+	if x.route.name == "/api/blobs/:digest" && sentChunked(&ctx.Request.Header) && hasField(ctx.Request.Header.RawHeaders(), "content-length") {
+		// The one route that takes chunked bodies still refuses a body
+		// framed both ways: a front proxy reading the length would see a
+		// different request boundary (B-20).
+		g.reject(ctx, x, apiError{400, "bad_request", "Content-Length together with Transfer-Encoding", outcomeClientError, ""})
 		ctx.SetConnectionClose()
 		return
 	}

@@ -79,8 +79,13 @@ func buildKeyring(auth AuthConfig) (*Keyring, error) {
 func (g *Gateway) ReloadKeys() error {
 	kr, err := buildKeyring(g.auth)
 	if err != nil {
+		g.reloadFailures.Add(1)
 		return err
 	}
 	g.keys.Store(kr)
 	return nil
 }
+
+// KeyReloadFailures is the number of ReloadKeys calls that failed (the
+// previous keys stayed in force each time).
+func (g *Gateway) KeyReloadFailures() int64 { return g.reloadFailures.Load() }

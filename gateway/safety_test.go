@@ -62,6 +62,8 @@ func TestFramingAndSmuggling(t *testing.T) {
 	}{
 		{"CL and TE", "POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "411"},
 		{"TE and CL", "POST /api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "411"},
+		{"CL and TE on the blob route", "POST /api/blobs/sha256:x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "400"},
+		{"TE and CL on the blob route", "POST /api/blobs/sha256:x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "400"},
 		{"chunked body on inference route", "POST /chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "411"},
 		{"two content lengths", "POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nhello", "400"},
 		{"bad content length", "POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 21000000000000000000\r\n\r\n", "400"},
