@@ -58,6 +58,11 @@ func (f *framer) next() ([]byte, error) {
 	}
 }
 
+// ready reports whether a whole frame is already buffered, so next will
+// return it without reading — and without moving the buffer, so frames
+// handed out before stay valid.
+func (f *framer) ready() bool { return f.delimited() > 0 }
+
 // delimited reports the length of the complete frame at f.start, or 0.
 func (f *framer) delimited() int {
 	data := f.buf[f.scan:f.end]

@@ -97,8 +97,13 @@ func (s *stream) SupportsBodyWriteTo() bool { return true }
 
 var _ fasthttp.BodyWriterTo = (*stream)(nil)
 
-// WriteTo writes the stream frame by frame to w, fasthttp's chunk writer,
-// which sends and flushes each Write as one chunk.
+// WriteTo writes the stream to w, fasthttp's chunk writer, which sends and
+// flushes each Write as one chunk. Frames that are already buffered when
+// one is written — a client or a gateway running behind — go out in the
+// same chunk: relayed frames lie end to end in the framer's buffer, so the
+// batch is one slice, one write, as nginx sends what one read brought.
+// Each frame is still inspected on its own; chunk boundaries carry no
+// meaning in HTTP, and a frame is never split.
 func (s *stream) WriteTo(w io.Writer) (total int64, err error) {
 	for {
 		for s.off >= len(s.out) {
@@ -107,14 +112,31 @@ func (s *stream) WriteTo(w io.Writer) (total int64, err error) {
 			}
 			s.advance()
 		}
-		n, err := w.Write(s.out[s.off:])
-		s.off += n
+		chunk := s.out[s.off:]
+		s.off = len(s.out)
+		for s.translate == nil && !s.ended && len(chunk) < maxBatchBytes && s.fr.ready() {
+			s.advance()
+			if !adjacent(chunk, s.out) {
+				break // not from the buffer (a terminal record): it goes next
+			}
+			chunk = chunk[:len(chunk)+len(s.out)]
+			s.off = len(s.out)
+		}
+		n, err := w.Write(chunk)
 		s.x.bytesOut += int64(n)
 		total += int64(n)
 		if err != nil {
 			return total, err
 		}
 	}
+}
+
+// maxBatchBytes bounds one batched chunk.
+const maxBatchBytes = 64 << 10
+
+// adjacent reports whether b starts where a ends, in the same array.
+func adjacent(a, b []byte) bool {
+	return len(b) > 0 && cap(a)-len(a) >= len(b) && &a[:len(a)+1][len(a)] == &b[0]
 }
 
 // advance loads the next frame, or the terminal record if loading it
