@@ -68,6 +68,7 @@ func defaults() map[string]any {
 		"gateway.write_idle_timeout":  gateway.DefaultWriteIdleTimeout,
 		"gateway.drain_timeout":       gateway.DefaultDrainTimeout,
 		"gateway.max_stream_duration": gateway.DefaultMaxStreamDuration,
+		"gateway.max_stream_bytes":    0,
 		"gateway.max_header_bytes":    gateway.DefaultMaxHeaderBytes,
 		"gateway.max_body_bytes":      gateway.DefaultMaxBodyBytes,
 		"gateway.max_frame_bytes":     gateway.DefaultMaxFrameBytes,

@@ -54,6 +54,12 @@ type Config struct {
 	// management (pull, push, create, blobs) has none. Default
 	// DefaultMaxStreamDuration; negative means none.
 	MaxStreamDuration time.Duration `mapstructure:"max_stream_duration"`
+	// MaxStreamBytes caps the bytes of one inference stream relayed to the
+	// client: over it the stream ends with a terminal upstream_too_large
+	// record (F-11). 0 (the default) means no cap: a long generation is
+	// legitimate, and the clocks and MaxStreamDuration bound a stream
+	// already. Model management has none.
+	MaxStreamBytes int64 `mapstructure:"max_stream_bytes"`
 	// MaxHeaderBytes caps the request line plus headers (431 above it).
 	// Default DefaultMaxHeaderBytes.
 	MaxHeaderBytes int `mapstructure:"max_header_bytes"`
@@ -226,6 +232,9 @@ func (c Config) validate() error {
 		if n < 0 {
 			return fmt.Errorf("gateway.%s: must not be negative, got %d", name, n)
 		}
+	}
+	if c.MaxStreamBytes < 0 {
+		return fmt.Errorf("gateway.max_stream_bytes: must not be negative, got %d", c.MaxStreamBytes)
 	}
 	if c.MaxHeaderBytes < 1024 {
 		return fmt.Errorf("gateway.max_header_bytes: must be at least 1024, got %d", c.MaxHeaderBytes)

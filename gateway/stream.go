@@ -44,6 +44,9 @@ type stream struct {
 	writeArmed time.Time
 	// deadline is the route's maximum duration (zero: none).
 	deadline time.Time
+	// relayed counts the frame bytes handed out, against maxBytes
+	// (gateway.max_stream_bytes; 0: none).
+	relayed, maxBytes int64
 	// aborted is set by a drain that outlived gateway.drain_timeout.
 	aborted atomic.Bool
 	// mu orders an abort against the stream's close, so an interrupt can
@@ -61,6 +64,9 @@ func (g *Gateway) newStream(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthtt
 	if g.cfg.MaxStreamDuration > 0 && !x.route.manage {
 		s.deadline = x.start.Add(g.cfg.MaxStreamDuration)
 		pool.LimitBody(resp, s.deadline)
+	}
+	if !x.route.manage {
+		s.maxBytes = g.cfg.MaxStreamBytes
 	}
 	g.streams.add(s)
 	return s
@@ -181,6 +187,13 @@ func (s *stream) nextFrame() {
 		return
 	}
 	x := s.x
+	if s.maxBytes > 0 {
+		if s.relayed += int64(len(frame)); s.relayed > s.maxBytes {
+			s.ended = true
+			s.fail(pool.ErrTooLarge) // the frame that would pass the cap is not sent
+			return
+		}
+	}
 	if x.frames == 0 {
 		x.ttft = time.Since(x.start)
 	}
