@@ -296,6 +296,7 @@ func (g *Gateway) serveChat(ctx *fasthttp.RequestCtx, x *exchange) bool {
 		ctx.Response.Header.Set("X-Accel-Buffering", "no")
 		x.status = fasthttp.StatusOK
 		x.streamed = true
+		ctx.Request.ResetBody() // forwarded already; see relay
 		ctx.Response.SetBodyStream(g.newStream(ctx, x, resp, release, false, translateChat), -1)
 		return true
 	}

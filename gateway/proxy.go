@@ -163,6 +163,9 @@ func (g *Gateway) relay(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Re
 		// itself sends them (its first flush carries both).
 		ctx.Response.SetBodyStream(s, -1)
 		x.streamed = true
+		// The request body (a chat history can be hundreds of KiB) went
+		// upstream already; a stream may last minutes, so let it go now.
+		ctx.Request.ResetBody()
 		return true
 	}
 	cl := resp.Header.ContentLength()
