@@ -1,12 +1,8 @@
 package gateway_test
 
 import (
-	"bufio"
-	"io"
-	"net/http"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -46,24 +42,7 @@ func TestMaxStreamBytes(t *testing.T) {
 func TestShedHoldsNoMemory(t *testing.T) {
 	const admitted, refused = 40, 400
 	e := startEnv(t, envOptions{fake: fakeTokens(3), gateway: gateway.Config{MaxInFlight: admitted}})
-	gated := `{"model":"fault:gated","messages":[{"role":"user","content":"hi"}]}`
-	var streams sync.WaitGroup
-	for range admitted {
-		resp, err := http.Post(e.url+"/api/chat", "application/json", strings.NewReader(gated))
-		if err != nil {
-			t.Fatal(err)
-		}
-		r := bufio.NewReader(resp.Body)
-		if _, err := r.ReadString('\n'); err != nil {
-			t.Fatalf("first frame: %v", err)
-		}
-		streams.Add(1)
-		go func() {
-			defer streams.Done()
-			defer resp.Body.Close()
-			_, _ = io.Copy(io.Discard, r)
-		}()
-	}
+	streams := openGatedStreams(t, e, admitted)
 	if n := e.gw.InFlight(); n != admitted {
 		t.Fatalf("in flight %d, want %d", n, admitted)
 	}
@@ -91,19 +70,6 @@ func TestShedHoldsNoMemory(t *testing.T) {
 	if n := e.fake.Stats().Requests; n != requestsBefore {
 		t.Fatalf("refused requests reached the upstream: %d", n-requestsBefore)
 	}
-
-	done := make(chan struct{})
-	go func() { streams.Wait(); close(done) }()
-	deadline := time.After(10 * time.Second)
-	for {
-		e.fake.ReleaseFrame()
-		select {
-		case <-done:
-			waitFor(t, 2*time.Second, "in-flight count back to 0", func() bool { return e.gw.InFlight() == 0 })
-			return
-		case <-deadline:
-			t.Fatal("admitted streams did not finish")
-		case <-time.After(time.Millisecond):
-		}
-	}
+	e.releaseAll(t, streams, 10*time.Second)
+	waitFor(t, 2*time.Second, "in-flight count back to 0", func() bool { return e.gw.InFlight() == 0 })
 }

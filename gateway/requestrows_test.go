@@ -53,15 +53,8 @@ func (r rawResp) code() string {
 // every case ends with a closed connection).
 func rawResponses(t *testing.T, addr, raw string) []rawResp {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialAndWrite(t, addr, raw, 5*time.Second)
 	defer c.Close()
-	if _, err := io.WriteString(c, raw); err != nil {
-		t.Fatal(err)
-	}
-	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	return readResponses(t, c)
 }
 

@@ -29,20 +29,29 @@ import (
 // connection was closed by the server.
 func rawExchange(t *testing.T, addr, raw string) (string, bool) {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialAndWrite(t, addr, raw, 2*time.Second)
 	defer c.Close()
-	if _, err := io.WriteString(c, raw); err != nil {
-		t.Fatal(err)
-	}
-	_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
 	b, err := io.ReadAll(c)
 	// EOF or a reset (the server closed with our unread bytes pending):
 	// either way the server closed; a timeout means it kept it open.
 	closed := err == nil || errors.Is(err, syscall.ECONNRESET)
 	return string(b), closed
+}
+
+// dialAndWrite opens a connection to addr, writes raw in one write and
+// sets a read deadline d from now; the caller closes the connection.
+func dialAndWrite(t testing.TB, addr, raw string, d time.Duration) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(c, raw); err != nil {
+		c.Close()
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(d))
+	return c
 }
 
 func statusOf(resp string) string {

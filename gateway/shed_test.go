@@ -18,24 +18,7 @@ import (
 // gateway serves again.
 func TestInFlightWatermark(t *testing.T) {
 	e := startEnv(t, envOptions{fake: fakeTokens(3), gateway: gateway.Config{MaxInFlight: 2}})
-	gated := `{"model":"fault:gated","messages":[{"role":"user","content":"hi"}]}`
-	var streams sync.WaitGroup
-	for range 2 {
-		resp, err := http.Post(e.url+"/api/chat", "application/json", strings.NewReader(gated))
-		if err != nil {
-			t.Fatal(err)
-		}
-		r := bufio.NewReader(resp.Body)
-		if _, err := r.ReadString('\n'); err != nil { // frame 1: the stream is under way
-			t.Fatalf("first frame: %v", err)
-		}
-		streams.Add(1)
-		go func() {
-			defer streams.Done()
-			defer resp.Body.Close()
-			_, _ = io.Copy(io.Discard, r)
-		}()
-	}
+	streams := openGatedStreams(t, e, 2)
 	if n := e.gw.InFlight(); n != 2 {
 		t.Fatalf("in flight %d, want 2", n)
 	}
@@ -60,22 +43,54 @@ func TestInFlightWatermark(t *testing.T) {
 		t.Fatalf("/healthz while shedding: %d %s", st, body)
 	}
 
+	e.releaseAll(t, streams, 5*time.Second)
+	waitFor(t, 2*time.Second, "in-flight count back to 0", func() bool { return e.gw.InFlight() == 0 })
+	if st, _, body := e.do("POST", "/api/chat", `{"model":"llama3.2","stream":false,"messages":[]}`, nil); st != 200 {
+		t.Fatalf("after the streams ended: %d %s", st, body)
+	}
+}
+
+// openGatedStreams opens n streams of the fake's gated model and reads each
+// one's first frame, so all n are under way; they drain in the background
+// as the fake is given frames (releaseAll).
+func openGatedStreams(t *testing.T, e *env, n int) *sync.WaitGroup {
+	t.Helper()
+	var streams sync.WaitGroup
+	for range n {
+		resp, err := http.Post(e.url+"/api/chat", "application/json",
+			strings.NewReader(`{"model":"fault:gated","messages":[{"role":"user","content":"hi"}]}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := bufio.NewReader(resp.Body)
+		if _, err := r.ReadString('\n'); err != nil {
+			t.Fatalf("first frame: %v", err)
+		}
+		streams.Add(1)
+		go func() {
+			defer streams.Done()
+			defer resp.Body.Close()
+			_, _ = io.Copy(io.Discard, r)
+		}()
+	}
+	return &streams
+}
+
+// releaseAll gives the fake's gated streams frames until every one of
+// streams has ended, for at most d.
+func (e *env) releaseAll(t *testing.T, streams *sync.WaitGroup, d time.Duration) {
+	t.Helper()
 	done := make(chan struct{})
 	go func() { streams.Wait(); close(done) }()
-	deadline := time.After(5 * time.Second)
-release:
+	deadline := time.After(d)
 	for {
 		e.fake.ReleaseFrame()
 		select {
 		case <-done:
-			break release
+			return
 		case <-deadline:
-			t.Fatal("streams did not finish")
-		case <-time.After(5 * time.Millisecond):
+			t.Fatal("gated streams did not finish")
+		case <-time.After(time.Millisecond):
 		}
-	}
-	waitFor(t, 2*time.Second, "in-flight count back to 0", func() bool { return e.gw.InFlight() == 0 })
-	if st, _, body := e.do("POST", "/api/chat", `{"model":"llama3.2","stream":false,"messages":[]}`, nil); st != 200 {
-		t.Fatalf("after the streams ended: %d %s", st, body)
 	}
 }
