@@ -89,7 +89,7 @@ func FuzzRawRequest(f *testing.F) {
 	}
 	// One gateway for the whole fuzz process (each fuzz worker has its own).
 	e := startEnv(f, envOptions{
-		gateway: gateway.Config{ReadTimeout: 300 * time.Millisecond, KeepAliveTimeout: 300 * time.Millisecond},
+		gateway: gateway.Config{ReadTimeout: 100 * time.Millisecond, KeepAliveTimeout: 100 * time.Millisecond},
 		auth:    gateway.AuthConfig{APIKeys: []string{fuzzKey}},
 	})
 	f.Fuzz(func(t *testing.T, raw []byte) {
