@@ -27,17 +27,6 @@ func runHealth(t *testing.T, p *pool.Pool) {
 	t.Cleanup(func() { cancel(); <-done })
 }
 
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(3 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // TestHealthProbeHangs (F-29): a probe that hangs fails at the probe
 // timeout; probes never overlap, and the upstream is marked down.
 func TestHealthProbeHangs(t *testing.T) {
@@ -50,7 +39,7 @@ func TestHealthProbeHangs(t *testing.T) {
 		t.Fatal(err)
 	}
 	runHealth(t, p)
-	waitUntil(t, "marked down", func() bool { return p.Snapshot().Health.Down })
+	pool.WaitUntil(t, "marked down", func() bool { return p.Snapshot().Health.Down })
 	if s := p.Snapshot().Health; s.Healthy || s.ConsecutiveFailures < 3 {
 		t.Fatalf("health %+v", s)
 	}
@@ -76,7 +65,7 @@ func TestHealthIgnoresSaturatedPool(t *testing.T) {
 		t.Fatal("pool not saturated")
 	}
 	runHealth(t, p)
-	waitUntil(t, "ready", p.Ready)
+	pool.WaitUntil(t, "ready", p.Ready)
 	time.Sleep(100 * time.Millisecond) // several more probes
 	if s := p.Snapshot(); !s.Health.Healthy || s.RequestsMade != 0 {
 		t.Fatalf("health probes counted in the pool or failing: %+v", s)

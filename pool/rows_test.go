@@ -85,6 +85,10 @@ func TestHealthProbePanics(t *testing.T) {
 	}
 }
 
+// WaitUntil is waitUntil for the external tests (package pool_test).
+var WaitUntil = waitUntil
+
+// waitUntil polls cond every 5 ms for up to 3 s.
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(3 * time.Second)
