@@ -92,6 +92,15 @@ func runNonStream(t target, conns int, warmup, d time.Duration, vega bool) resul
 	start := time.Now()
 	measureFrom := start.Add(warmup)
 	deadline := measureFrom.Add(d)
+	// The target's CPU time over the measured window: the cost per
+	// request, which the machine's drift moves far less than throughput.
+	cpu := make(chan time.Duration, 1)
+	go func() {
+		time.Sleep(time.Until(measureFrom))
+		c0 := cpuTime(t.pid)
+		time.Sleep(time.Until(deadline))
+		cpu <- cpuTime(t.pid) - c0
+	}()
 	var wg sync.WaitGroup
 	for w := range conns {
 		wg.Add(1)
@@ -138,9 +147,14 @@ func runNonStream(t target, conns int, warmup, d time.Duration, vega bool) resul
 	wg.Wait()
 	all := slices.Concat(lats...)
 	slices.Sort(all)
+	cpuPerReq := -1.0
+	if used := <-cpu; used >= 0 && len(all) > 0 {
+		cpuPerReq = float64(used.Microseconds()) / float64(len(all))
+	}
 	return result{
-		rps: float64(len(all)) / d.Seconds(),
-		p50: pct(all, 0.50), p90: pct(all, 0.90), p99: pct(all, 0.99),
+		cpuPerReq: cpuPerReq,
+		rps:       float64(len(all)) / d.Seconds(),
+		p50:       pct(all, 0.50), p90: pct(all, 0.90), p99: pct(all, 0.99),
 		failed: fails.n, errMsg: fails.first,
 	}
 }

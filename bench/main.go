@@ -43,6 +43,7 @@ func main() {
 		scalePacing = flag.Duration("scale-pacing", 500*time.Millisecond, "fake Ollama's delay between two tokens for scale")
 		scaleRamp   = flag.Duration("scale-ramp", 3*time.Second, "scale: the streams' starts are spread over this")
 		nginx       = flag.Bool("nginx", true, "include nginx when "+nginxPath+" exists")
+		bare        = flag.Bool("bare", false, "add a column: a bare fasthttp proxy (Server handler calling HostClient.Do; no auth, IDs, logs, metrics, limits) — what fasthttp itself costs")
 		pin         = flag.Bool("pin", true, "with taskset and 2+ CPUs: servers on CPU 0, load generator on CPU 1")
 
 		serveMode = flag.Bool("serve", false, "internal: run the servers for the parent process")
@@ -162,7 +163,7 @@ func main() {
 			if c.maxConns > 0 {
 				sf.maxConns = c.maxConns
 			}
-			st, err := spawnStack(sf, withNginx, serverCPU)
+			st, err := spawnStack(sf, withNginx, *bare, serverCPU)
 			if err != nil {
 				fmt.Fprintln(os.Stderr, "bench:", err)
 				os.Exit(1)
@@ -193,7 +194,7 @@ func main() {
 		}
 		tables = append(tables, rows(c, names, res))
 	}
-	fmt.Println(header(tablesNames(withNginx)))
+	fmt.Println(header(tablesNames(withNginx, *bare)))
 	for _, t := range tables {
 		fmt.Print(t)
 	}
@@ -205,11 +206,16 @@ func main() {
 		"– does not apply.")
 }
 
-func tablesNames(withNginx bool) []string {
+func tablesNames(withNginx, withBare bool) []string {
+	names := []string{"direct"}
 	if withNginx {
-		return []string{"direct", "nginx", "gateway", "gateway (log off)"}
+		names = append(names, "nginx")
 	}
-	return []string{"direct", "gateway", "gateway (log off)"}
+	names = append(names, "gateway", "gateway (log off)")
+	if withBare {
+		names = append(names, "fasthttp (bare)")
+	}
+	return names
 }
 
 func header(names []string) string {

@@ -37,6 +37,7 @@ const (
 	roleNginx        = "nginx"
 	roleGateway      = "gateway"
 	roleGatewayNoLog = "gateway-nolog"
+	roleBare         = "fasthttp-bare"
 )
 
 // serveFlags are the child's settings, passed on its command line.
@@ -79,6 +80,9 @@ func serve(f serveFlags) error {
 			name = "gateway (log off)"
 		}
 		addr, stop, err = startGateway("http://"+f.upstream, f.role == roleGateway, f.dir, f.maxConns, f.maxQueue)
+	case roleBare:
+		name = "fasthttp (bare)"
+		addr, stop, err = startBare(f.upstream, f.maxConns)
 	default:
 		err = fmt.Errorf("unknown role %q", f.role)
 	}
@@ -86,8 +90,8 @@ func serve(f serveFlags) error {
 		return err
 	}
 	defer stop()
-	if dir := os.Getenv("BENCH_CPUPROFILE_DIR"); dir != "" && f.role == roleGateway {
-		if fh, err := os.Create(filepath.Join(dir, "cpu.pprof")); err == nil {
+	if dir := os.Getenv("BENCH_CPUPROFILE_DIR"); dir != "" && (f.role == roleGateway || f.role == roleBare) {
+		if fh, err := os.Create(filepath.Join(dir, f.role+".pprof")); err == nil {
 			if pprof.StartCPUProfile(fh) == nil {
 				defer pprof.StopCPUProfile()
 			}
@@ -136,14 +140,18 @@ func raiseNofile(want uint64) error {
 
 // spawnStack starts the fake's child, then one child per proxy in front of
 // it (nginx when withNginx, the gateway with its log on, with it off), all
-// pinned to cpu when cpu >= 0. Its targets are direct, then the proxies.
-func spawnStack(f serveFlags, withNginx bool, cpu int) (*stack, error) {
+// pinned to cpu when cpu >= 0, and the bare fasthttp proxy when withBare.
+// Its targets are direct, then the proxies.
+func spawnStack(f serveFlags, withNginx, withBare bool, cpu int) (*stack, error) {
 	st := &stack{}
 	roles := []string{roleFake}
 	if withNginx {
 		roles = append(roles, roleNginx)
 	}
 	roles = append(roles, roleGateway, roleGatewayNoLog)
+	if withBare {
+		roles = append(roles, roleBare)
+	}
 	for _, role := range roles {
 		f.role = role
 		c, err := spawn(f, cpu)
@@ -299,8 +307,18 @@ func loadavg() string {
 
 // rssKB is the resident set of pid and its child processes (nginx's
 // workers under its master), from /proc, in KiB; -1 if pid is gone.
-func rssKB(pid int) int64 {
-	total := vmRSS(pid)
+func rssKB(pid int) int64 { return sumOverChildren(pid, vmRSS) }
+
+// cpuTime is the CPU time (user + system, all threads) of pid and its
+// child processes, from /proc; -1 if pid is gone.
+func cpuTime(pid int) time.Duration {
+	return time.Duration(sumOverChildren(pid, func(p int) int64 { return int64(procCPU(p)) }))
+}
+
+// sumOverChildren adds up get over pid and its child processes; -1 if
+// pid itself gives -1 (it is gone).
+func sumOverChildren(pid int, get func(pid int) int64) int64 {
+	total := get(pid)
 	if total < 0 {
 		return -1
 	}
@@ -308,13 +326,39 @@ func rssKB(pid int) int64 {
 	if err == nil {
 		for _, f := range strings.Fields(string(b)) {
 			if c, err := strconv.Atoi(f); err == nil {
-				if kb := vmRSS(c); kb > 0 {
-					total += kb
+				if v := get(c); v > 0 {
+					total += v
 				}
 			}
 		}
 	}
 	return total
+}
+
+// clockTicks is USER_HZ, the unit of /proc/<pid>/stat's times: 100 on
+// every Linux architecture Go runs on.
+const clockTicks = 100
+
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return -1
+	}
+	// The command name (field 2) may hold spaces: count from after it.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return -1
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return -1
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64) // field 14
+	stime, err2 := strconv.ParseInt(f[12], 10, 64) // field 15
+	if err1 != nil || err2 != nil {
+		return -1
+	}
+	return time.Duration(utime+stime) * time.Second / clockTicks
 }
 
 func vmRSS(pid int) int64 {
@@ -351,6 +395,12 @@ func memDebug(dir string) {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	fmt.Fprintf(os.Stderr, "memdebug goroutines=%d heap_inuse_kib=%d heap_sys_kib=%d stack_inuse_kib=%d sys_kib=%d\n",
+		g, ms.HeapInuse>>10, ms.HeapSys>>10, ms.StackInuse>>10, ms.Sys>>10)
+	// And what of it is live: after a forced collection, the heap holds
+	// only what the streams keep.
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	fmt.Fprintf(os.Stderr, "memdebug-live goroutines=%d heap_inuse_kib=%d heap_sys_kib=%d stack_inuse_kib=%d sys_kib=%d\n",
 		g, ms.HeapInuse>>10, ms.HeapSys>>10, ms.StackInuse>>10, ms.Sys>>10)
 	if fh, err := os.Create(filepath.Join(dir, "heap.pprof")); err == nil {
 		_ = pprof.WriteHeapProfile(fh)

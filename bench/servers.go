@@ -14,6 +14,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/rs/zerolog/diode"
+	"github.com/valyala/fasthttp"
 
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
@@ -95,6 +96,34 @@ func startGateway(upstream string, logOn bool, dir string, maxConns, maxQueue in
 		closeLog()
 	}
 	return ln.Addr().String(), stop, nil
+}
+
+// startBare serves the smallest proxy fasthttp allows — the handler hands
+// the client's request to a HostClient and the answer back, streaming
+// bodies through — with none of the gateway's work (auth, IDs, logs,
+// metrics, limits, header filtering). It is not a usable proxy; it is the
+// floor fasthttp's server and client put under any gateway built on them.
+func startBare(upstream string, maxConns int) (string, func(), error) {
+	hc := &fasthttp.HostClient{Addr: upstream, MaxConns: maxConns, StreamResponseBody: true,
+		DisableHeaderNamesNormalizing: true, DisablePathNormalizing: true, NoDefaultUserAgentHeader: true}
+	srv := &fasthttp.Server{
+		Handler: func(ctx *fasthttp.RequestCtx) {
+			if err := hc.Do(&ctx.Request, &ctx.Response); err != nil {
+				ctx.Error(err.Error(), fasthttp.StatusBadGateway)
+				return
+			}
+			ctx.Response.Header.Del("Connection")
+		},
+		NoDefaultServerHeader: true, NoDefaultDate: true, NoDefaultContentType: true,
+		DisableHeaderNamesNormalizing: true, StreamRequestBody: false,
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(ln) }()
+	return ln.Addr().String(), func() { _ = srv.Shutdown(); <-done }, nil
 }
 
 const nginxConf = `worker_processes 1;

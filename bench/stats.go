@@ -29,6 +29,7 @@ func median(xs []float64) float64 {
 type result struct {
 	// non-streaming
 	rps           float64
+	cpuPerReq     float64 // µs of the target's CPU (user + system) per request; -1: unknown
 	p50, p90, p99 time.Duration
 	// streaming
 	ttfc50, ttfc99 time.Duration
@@ -60,6 +61,7 @@ type metric struct {
 
 var nonStreamMetrics = []metric{
 	{name: "req/s", get: func(r result) float64 { return r.rps }, ratio: true},
+	{name: "CPU µs/req", get: func(r result) float64 { return r.cpuPerReq }, prec: 1, na: true},
 	{name: "p50", get: func(r result) float64 { return float64(r.p50) }, dur: true, added: true},
 	{name: "p90", get: func(r result) float64 { return float64(r.p90) }, dur: true, added: true},
 	{name: "p99", get: func(r result) float64 { return float64(r.p99) }, dur: true, added: true},

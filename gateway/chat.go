@@ -103,46 +103,117 @@ func (c *ollamaChunk) timings() ChatTimings {
 	return t
 }
 
-var doneTrue = []byte(`"done":true`)
-
 // readFinalChunk records the final chunk's telemetry on the exchange. It
 // scans for the handful of keys rather than decoding the body, which for a
 // whole reply carries the full completion text. Inside a JSON string every
-// quote is escaped, so completion text can match none of the patterns:
-// the first "done":true is the key itself, and the telemetry keys follow
-// it, or (done_reason, in /api/chat) come just before it.
+// quote is escaped, so completion text cannot hold `"done":true`: the first
+// one is the key itself. From there one pass reads the keys that follow it
+// (Ollama writes the metrics after "done"); done_reason, which /api/chat
+// writes just before "done", is looked for in the few bytes before it.
 func readFinalChunk(x *exchange, frame []byte) {
-	d := bytes.Index(frame, doneTrue)
+	d := indexDoneTrue(frame)
 	if d < 0 {
 		return
 	}
-	tail := frame[max(0, d-finalChunkLookBack):]
-	c := ollamaChunk{
-		DoneReason:         jsonString(tail, `"done_reason":"`),
-		TotalDuration:      jsonInt(tail, `"total_duration":`),
-		LoadDuration:       jsonInt(tail, `"load_duration":`),
-		PromptEvalCount:    jsonInt(tail, `"prompt_eval_count":`),
-		PromptEvalDuration: jsonInt(tail, `"prompt_eval_duration":`),
-		EvalCount:          jsonInt(tail, `"eval_count":`),
-		EvalDuration:       jsonInt(tail, `"eval_duration":`),
+	var c ollamaChunk
+	scanFinalKeys(frame[d:], &c)
+	if c.DoneReason == "" {
+		c.DoneReason = jsonString(frame[max(0, d-finalChunkLookBack):d], `"done_reason":"`)
 	}
 	x.noteFinal(&c)
 }
 
-// finalChunkLookBack is how far before "done":true the final chunk's keys
-// may start: `"done_reason":"unload",` and a little room.
+// finalChunkLookBack is how far before "done":true done_reason may start:
+// `"done_reason":"unload",` and a little room.
 const finalChunkLookBack = 64
 
-// jsonInt finds `"key":<integer>` in b. Ollama writes each key once; a
-// forward search is several times faster than a backward one.
-func jsonInt(b []byte, key string) int64 {
-	i := bytes.Index(b, []byte(key))
-	if i < 0 {
-		return 0
+var colonTrue = []byte(`:true`)
+
+// indexDoneTrue returns where the first `"done":true` starts, or -1. It
+// searches for `:true` and looks behind: a JSON body is full of quotes, so
+// a search led by one stops at every key and string.
+func indexDoneTrue(b []byte) int {
+	for off := 0; ; {
+		i := bytes.Index(b[off:], colonTrue)
+		if i < 0 {
+			return -1
+		}
+		i += off
+		if i >= 6 && string(b[i-6:i]) == `"done"` {
+			return i - 6
+		}
+		off = i + 1
 	}
+}
+
+// scanFinalKeys reads the final chunk's metrics from b, which starts at a
+// key (outside any string). It walks the strings of b once, with their
+// escapes, so a string value can never be taken for a key.
+func scanFinalKeys(b []byte, c *ollamaChunk) {
+	for i := 0; i < len(b); {
+		q := bytes.IndexByte(b[i:], '"')
+		if q < 0 {
+			return
+		}
+		start := i + q + 1
+		end := closingQuote(b, start)
+		if end < 0 {
+			return
+		}
+		i = end + 1
+		if i >= len(b) || b[i] != ':' {
+			continue // a string value
+		}
+		v := b[i+1:]
+		switch string(b[start:end]) {
+		case "done_reason":
+			if len(v) > 0 && v[0] == '"' {
+				if e := closingQuote(v, 1); e > 0 && e <= 65 && bytes.IndexByte(v[1:e], '\\') < 0 {
+					c.DoneReason = doneReasonString(v[1:e])
+				}
+			}
+		case "total_duration":
+			c.TotalDuration = leadingInt(v)
+		case "load_duration":
+			c.LoadDuration = leadingInt(v)
+		case "prompt_eval_count":
+			c.PromptEvalCount = leadingInt(v)
+		case "prompt_eval_duration":
+			c.PromptEvalDuration = leadingInt(v)
+		case "eval_count":
+			c.EvalCount = leadingInt(v)
+		case "eval_duration":
+			c.EvalDuration = leadingInt(v)
+		}
+	}
+}
+
+// closingQuote returns the index of the quote that ends the JSON string
+// whose contents start at b[start], or -1.
+func closingQuote(b []byte, start int) int {
+	for i := start; i < len(b); {
+		q := bytes.IndexByte(b[i:], '"')
+		if q < 0 {
+			return -1
+		}
+		j := i + q
+		k := j
+		for k > start && b[k-1] == '\\' {
+			k--
+		}
+		if (j-k)%2 == 0 {
+			return j
+		}
+		i = j + 1
+	}
+	return -1
+}
+
+// leadingInt reads the non-negative integer b starts with (0 if none).
+func leadingInt(b []byte) int64 {
 	var n int64
-	for _, c := range b[i+len(key):] {
-		if c < '0' || c > '9' {
+	for _, c := range b {
+		if c < '0' || c > '9' || n > (1<<62)/10 {
 			break
 		}
 		n = n*10 + int64(c-'0')
