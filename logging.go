@@ -10,20 +10,22 @@ import (
 
 	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
-	"github.com/rs/zerolog/diode"
 	"gopkg.in/natefinch/lumberjack.v2"
+
+	"github.com/vega-gateway/vega-gateway/trace"
 )
 
 // logSink is the root logger's destination: gateway.log (rotated by
-// lumberjack) and stdout, behind a diode — a lock-free ring that a single
-// goroutine drains — so a slow or full disk drops lines (counted) instead
-// of blocking a request.
+// lumberjack) and stdout, behind a queue that one goroutine drains in
+// batches (trace.BatchWriter: one write per sink for all the lines queued
+// since the last), so a slow or full disk drops lines (counted) instead of
+// blocking a request.
 type logSink struct {
-	diode   diode.Writer
+	queue   *trace.BatchWriter
 	file    *lumberjack.Logger
 	Dropped atomic.Int64 // lines dropped because the queue was full
-	// WriteErrors counts lines the log file refused (disk full, EIO, file
-	// gone). Those lines still reach stdout; stderr gets one warning a
+	// WriteErrors counts writes the log file refused (disk full, EIO, file
+	// gone), each a batch of one or more lines. Those lines still reach stdout; stderr gets one warning a
 	// minute while it lasts.
 	WriteErrors atomic.Int64
 }
@@ -31,7 +33,7 @@ type logSink struct {
 // fileWriter is the log file as the multi-writer sees it: a failed write
 // is counted and reported on stderr (rate-limited), never passed up, so
 // the line still goes to stdout and nothing blocks. It runs on the
-// diode's one draining goroutine, so lastWarn needs no lock.
+// queue's one draining goroutine, so lastWarn needs no lock.
 type fileWriter struct {
 	w        io.Writer
 	sink     *logSink
@@ -69,21 +71,22 @@ func newLogger(cfg logConfig, stdout, stderr io.Writer) (zerolog.Logger, *logSin
 		}
 	}
 	if f, ok := stdout.(*os.File); ok && isatty.IsTerminal(f.Fd()) {
-		writers = append(writers, zerolog.ConsoleWriter{Out: stdout, TimeFormat: time.TimeOnly})
+		// The console writer parses one event per Write; a batch has many.
+		writers = append(writers, trace.LineWriter{W: zerolog.ConsoleWriter{Out: stdout, TimeFormat: time.TimeOnly}})
 	} else {
 		writers = append(writers, stdout)
 	}
-	sink.diode = diode.NewWriter(zerolog.MultiLevelWriter(writers...), cfg.BufferLines, 10*time.Millisecond, func(missed int) {
+	sink.queue = trace.NewBatchWriter(zerolog.MultiLevelWriter(writers...), cfg.BufferLines, func(missed int) {
 		sink.Dropped.Add(int64(missed))
 	})
 	level, _ := zerolog.ParseLevel(cfg.Level) // validated by config
-	log := zerolog.New(sink.diode).Level(level).With().Timestamp().Logger()
+	log := zerolog.New(sink.queue).Level(level).With().Timestamp().Logger()
 	return log, sink
 }
 
 // Close flushes queued lines and closes the file.
 func (s *logSink) Close() {
-	_ = s.diode.Close()
+	_ = s.queue.Close()
 	if s.file != nil {
 		_ = s.file.Close()
 	}

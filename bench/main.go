@@ -149,7 +149,7 @@ func main() {
 	}
 	fmt.Printf("duration %s (+%s warmup) × %d runs per case and target (scale: one wave of streams per run); %s; "+
 		"each server its own process; gateway defaults but pool.max_connections=%d (scale: %d, pool.max_queue %d); "+
-		"nginx: 1 worker, proxy_buffering off, upstream keepalive, access_log to a file; gateway: access log at info to a file (diode, as in main)\n\n",
+		"nginx: 1 worker, proxy_buffering off, upstream keepalive, access_log to a file; gateway: access log at info to a file (batched queue, as in main)\n\n",
 		*duration, *warmup, *runs, pinning, maxConns, *scaleN+100, *scaleN)
 	fmt.Printf("load average at start: %s\n\n", loadavg())
 

@@ -13,12 +13,12 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-	"github.com/rs/zerolog/diode"
 	"github.com/valyala/fasthttp"
 
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
 	"github.com/vega-gateway/vega-gateway/pool"
+	"github.com/vega-gateway/vega-gateway/trace"
 )
 
 // nginxPath is where Debian's nginx-light puts the binary.
@@ -71,7 +71,7 @@ func startGateway(upstream string, logOn bool, dir string, maxConns, maxQueue in
 		if err != nil {
 			return "", nil, err
 		}
-		w := diode.NewWriter(f, 10000, 10*time.Millisecond, func(int) {})
+		w := trace.NewBatchWriter(f, 10000, nil) // main's log queue (logging.go)
 		log = zerolog.New(w).Level(zerolog.InfoLevel).With().Timestamp().Logger()
 		closeLog = func() { _ = w.Close(); _ = f.Close() }
 	}
