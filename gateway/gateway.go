@@ -122,6 +122,9 @@ func New(cfg Config, chat ChatConfig, auth AuthConfig, pools []*pool.Pool, log z
 		MaxIdleWorkerDuration: 3 * time.Second,
 		Logger:                fasthttpLogger{log: log},
 		ExpectHandler:         g.expect,
+		// The gateway reads its own clock once per request (exchange
+		// start) and never asks for ctx.Time: skip fasthttp's read.
+		LazyRequestTime: true,
 	}
 	return g, nil
 }

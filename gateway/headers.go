@@ -27,10 +27,19 @@ var dropOnRequest = map[string]bool{
 }
 
 // hopHeaders are never relayed back to the client.
-var hopHeaders = []string{
+var hopHeaders = [...]string{
 	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
 	"TE", "Trailer", "Transfer-Encoding", "Upgrade",
 }
+
+// hopIndex maps a lower-case hop-by-hop name to its place in hopHeaders.
+var hopIndex = func() map[string]int {
+	m := make(map[string]int, len(hopHeaders))
+	for i, k := range hopHeaders {
+		m[strings.ToLower(k)] = i
+	}
+	return m
+}()
 
 // lower writes the lower-cased key into buf (no allocation for keys up to
 // its size; longer keys are never on a drop list).
@@ -90,8 +99,22 @@ func stripResponseHop(h *fasthttp.ResponseHeader) {
 			}
 		}
 	}
-	for _, k := range hopHeaders {
-		h.Del(k)
+	// Find which are there in one pass: a Del scans every header, and nine
+	// of them per response cost more than the rest of the relay's header
+	// work (Ollama sends none of them).
+	var buf [64]byte
+	var present [len(hopHeaders)]bool
+	for k := range h.All() {
+		if lk, ok := lower(&buf, k); ok {
+			if i, ok := hopIndex[string(lk)]; ok {
+				present[i] = true
+			}
+		}
+	}
+	for i, k := range hopHeaders {
+		if present[i] {
+			h.Del(k)
+		}
 	}
 }
 
