@@ -25,8 +25,8 @@ type logSink struct {
 	file    *lumberjack.Logger
 	Dropped atomic.Int64 // lines dropped because the queue was full
 	// WriteErrors counts writes the log file refused (disk full, EIO, file
-	// gone), each a batch of one or more lines. Those lines still reach stdout; stderr gets one warning a
-	// minute while it lasts.
+	// gone), each a batch of one or more lines. Those lines still reach
+	// stdout; stderr gets one warning a minute while it lasts.
 	WriteErrors atomic.Int64
 }
 

@@ -32,7 +32,7 @@ func newObservability(cfg metrics.Config, p *pool.Pool, gw *gateway.Gateway, sin
 			Name: "vega_log_dropped_total", Help: "Log lines dropped because the log queue was full (a slow or failing log disk).",
 		}, func() float64 { return float64(sink.Dropped.Load()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "vega_log_write_errors_total", Help: "Log lines the log file refused (disk full, I/O error); they still went to stdout.",
+			Name: "vega_log_write_errors_total", Help: "Writes to the log file that failed (disk full, I/O error), each a batch of queued lines; those lines still went to stdout.",
 		}, func() float64 { return float64(sink.WriteErrors.Load()) }),
 	)
 	return m, nil
