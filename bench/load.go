@@ -99,7 +99,12 @@ func runNonStream(t target, conns int, warmup, d time.Duration, vega bool) resul
 		time.Sleep(time.Until(measureFrom))
 		c0 := cpuTime(t.pid)
 		time.Sleep(time.Until(deadline))
-		cpu <- cpuTime(t.pid) - c0
+		c1 := cpuTime(t.pid)
+		if c0 < 0 || c1 < 0 {
+			cpu <- -1 // the process went away
+			return
+		}
+		cpu <- c1 - c0
 	}()
 	var wg sync.WaitGroup
 	for w := range conns {

@@ -596,14 +596,7 @@ func TestUpstreamFaults(t *testing.T) {
 // the gateway close its upstream connection, so Ollama stops generating.
 func TestClientDisconnectClosesUpstream(t *testing.T) {
 	e := startEnv(t, envOptions{fake: fakeTokensDelay(1000, 20*time.Millisecond)})
-	resp, err := http.Post(e.url+"/api/chat", "application/json", strings.NewReader(`{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := bufio.NewReader(resp.Body)
-	if _, err := r.ReadString('\n'); err != nil {
-		t.Fatal(err)
-	}
+	resp, _ := e.openStream(t, "/api/chat", `{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}`)
 	resp.Body.Close()
 	http.DefaultTransport.(*http.Transport).CloseIdleConnections()
 	waitFor(t, 3*time.Second, "upstream closed", func() bool { return e.fake.Stats().ClientCancelled == 1 })

@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"io"
@@ -188,4 +189,20 @@ func (e *env) wantOutcome(t *testing.T, id, outcome string) {
 	if len(lines) != 1 || lines[0]["outcome"] != outcome {
 		t.Fatalf("access lines for %s: %v, want one with outcome %q", id, lines, outcome)
 	}
+}
+
+// openStream POSTs a streaming body to path and returns the response and
+// its reader once the first line has arrived (the stream is running).
+func (e *env) openStream(t *testing.T, path, body string) (*http.Response, *bufio.Reader) {
+	t.Helper()
+	resp, err := http.Post(e.url+path, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(resp.Body)
+	if _, err := r.ReadString('\n'); err != nil {
+		resp.Body.Close()
+		t.Fatal(err)
+	}
+	return resp, r
 }

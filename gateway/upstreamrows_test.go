@@ -618,15 +618,8 @@ func TestConnectionFlood(t *testing.T) {
 		gateway: gateway.Config{MaxClientConnections: limit},
 	})
 	addr := strings.TrimPrefix(e.url, "http://")
-	resp, err := http.Post(e.url+"/api/chat", "application/json", strings.NewReader(rowsChatBody))
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp, r := e.openStream(t, "/api/chat", rowsChatBody)
 	defer resp.Body.Close()
-	r := bufio.NewReader(resp.Body)
-	if _, err := r.ReadString('\n'); err != nil {
-		t.Fatal(err)
-	}
 	conns := make([]net.Conn, 0, idle)
 	for range idle {
 		c, err := net.Dial("tcp", addr)
