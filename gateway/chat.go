@@ -368,7 +368,7 @@ func (g *Gateway) serveChat(ctx *fasthttp.RequestCtx, x *exchange) bool {
 		x.status = fasthttp.StatusOK
 		x.streamed = true
 		ctx.Request.ResetBody() // forwarded already; see relay
-		ctx.Response.SetBodyStream(g.newStream(ctx, x, resp, release, false, translateChat), -1)
+		g.sendStream(ctx, g.newStream(ctx, x, resp, release, false, translateChat))
 		return true
 	}
 	g.chatReply(ctx, x, resp)

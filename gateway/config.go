@@ -103,11 +103,12 @@ type Config struct {
 	// Retry-After before any upstream I/O; /healthz is never shed. Default
 	// 0: no limit (the pool's connection and queue bounds still apply).
 	MaxInFlight int `mapstructure:"max_in_flight"`
-	// MaxClientConnections is the most client connections served at once
-	// (fasthttp's Server.Concurrency). One more is answered by fasthttp
-	// itself with a plain-text 503 and closed, bypassing the handler, so
-	// open streams are unaffected by a connection flood. Default
-	// DefaultMaxClientConnections.
+	// MaxClientConnections is the most client connections open at once,
+	// streaming ones included (fasthttp's Server.Concurrency, plus a check
+	// at accept for the connections streams took off fasthttp's workers).
+	// One more is answered with a plain-text 503 and closed, bypassing the
+	// handler, so open streams are unaffected by a connection flood.
+	// Default DefaultMaxClientConnections.
 	MaxClientConnections int `mapstructure:"max_client_connections"`
 	// TrustedProxies are the front proxies (a TLS terminator, a load
 	// balancer), as CIDRs or single addresses, whose X-Forwarded-For the

@@ -62,6 +62,11 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		close(g.closing)
 	}
 	err := g.server.ShutdownWithContext(ctx)
+	if err == nil {
+		// Streams on hijacked connections are no longer the server's:
+		// it did not wait for them.
+		err = g.waitStreams(ctx)
+	}
 	if err == nil || !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
 		return err
 	}
@@ -72,6 +77,20 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		time.Sleep(10 * time.Millisecond)
 	}
 	return err
+}
+
+// waitStreams waits until no stream is in flight, or ctx ends.
+func (g *Gateway) waitStreams(ctx context.Context) error {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for g.streams.len() > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
 }
 
 // Streams is the number of streams in flight.

@@ -32,6 +32,9 @@ type Gateway struct {
 	// reloadFailures counts key reloads (SIGHUP) that failed.
 	reloadFailures atomic.Int64
 	streams        streamSet
+	// hijacked counts the client connections that streams took off
+	// fasthttp's workers (hijack.go), which fasthttp no longer counts.
+	hijacked atomic.Int64
 	// failures is the per-IP authentication failure budget (nil: off).
 	failures *failureBudget
 	// allowed is the model allowlist (nil: any model), names normalised.
@@ -113,6 +116,9 @@ func New(cfg Config, chat ChatConfig, auth AuthConfig, pools []*pool.Pool, log z
 		TCPKeepalive:                 true,
 		TCPKeepalivePeriod:           15 * time.Second,
 		CloseOnShutdown:              true,
+		// A hijacked stream's connection goes back to the server when the
+		// stream ends (hijack.go).
+		KeepHijackedConns: true,
 		// Release a connection's read buffer (MaxHeaderBytes) once its
 		// request is read, and its write buffer between responses: a
 		// stream then holds no 16 KiB header buffer while it runs.
@@ -141,7 +147,7 @@ func (g *Gateway) Panics() int64 { return g.panics.Load() }
 
 // Serve accepts connections on ln until Shutdown.
 func (g *Gateway) Serve(ln net.Listener) error {
-	return g.server.Serve(ln)
+	return g.server.Serve(&connLimitListener{Listener: ln, g: g})
 }
 
 func (g *Gateway) observe(x *exchange, dur time.Duration) {

@@ -159,13 +159,13 @@ func (g *Gateway) relay(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Re
 		s := g.newStream(ctx, x, resp, release, kind == frameSSE, translate)
 		ctx.Response.Header.Set("Cache-Control", "no-cache")
 		ctx.Response.Header.Set("X-Accel-Buffering", "no")
-		// Headers go out with the first frame, in one write, as Ollama
-		// itself sends them (its first flush carries both).
-		ctx.Response.SetBodyStream(s, -1)
 		x.streamed = true
 		// The request body (a chat history can be hundreds of KiB) went
 		// upstream already; a stream may last minutes, so let it go now.
 		ctx.Request.ResetBody()
+		// Headers go out with the first frame, in one write, as Ollama
+		// itself sends them (its first flush carries both).
+		g.sendStream(ctx, s)
 		return true
 	}
 	cl := resp.Header.ContentLength()

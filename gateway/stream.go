@@ -19,11 +19,12 @@ import (
 // or an error to end it with a terminal error record.
 type translator func(s *stream, frame []byte) (out []byte, final bool, err error)
 
-// stream relays a framed upstream body (NDJSON or SSE) to the client. The
-// fasthttp server runs it on its own worker goroutine (WriteTo, one flushed
-// chunk per frame), so there is no extra goroutine per stream; Read, for
-// other callers, hands out whole frames only. When the server is done — the client
-// took everything, or a write to it failed — it calls CloseWithError, which
+// stream relays a framed upstream body (NDJSON or SSE) to the client. It
+// runs on a goroutine of its own, on the client connection taken off
+// fasthttp's workers (hijack.go) — the one goroutine a stream has — and
+// WriteTo writes one chunk per batch of frames. When the writer is done —
+// the client took everything, or a write to it failed — it calls
+// CloseWithError, which
 // closes the upstream body (discarding the connection unless it was read to
 // the end), frees the pool slot and writes the access log line.
 type stream struct {
@@ -53,6 +54,11 @@ type stream struct {
 	// never reach a connection already handed back to the pool.
 	mu     sync.Mutex
 	closed bool
+	// head is the response head a stream writes before its first frame,
+	// chunked whether the body goes in chunks (HTTP/1.1), and keepAlive
+	// whether the connection serves on after it (hijack.go).
+	head               []byte
+	chunked, keepAlive bool
 }
 
 func (g *Gateway) newStream(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Response, release func(), sse bool, translate translator) *stream {
@@ -82,29 +88,8 @@ func (s *stream) abort() {
 	}
 }
 
-func (s *stream) Read(p []byte) (n int, err error) {
-	for s.off >= len(s.out) {
-		if s.ended {
-			return 0, io.EOF
-		}
-		s.advance()
-	}
-	n = copy(p, s.out[s.off:])
-	s.off += n
-	s.x.bytesOut += int64(n)
-	return n, nil
-}
-
-// SupportsBodyWriteTo tells fasthttp to call WriteTo rather than Read: each
-// frame then goes from the framer's buffer straight into the chunk writer —
-// one copy less, and no 4 KiB copy buffer held for the stream's life.
-// WriteTo does exactly what the Reads would.
-func (s *stream) SupportsBodyWriteTo() bool { return true }
-
-var _ fasthttp.BodyWriterTo = (*stream)(nil)
-
-// WriteTo writes the stream to w, fasthttp's chunk writer, which sends and
-// flushes each Write as one chunk. Frames that are already buffered when
+// WriteTo writes the stream to w, a chunkWriter, which sends each Write as
+// one chunk. Frames that are already buffered when
 // one is written — a client or a gateway running behind — go out in the
 // same chunk: relayed frames lie end to end in the framer's buffer, so the
 // batch is one slice, one write, as nginx sends what one read brought.
@@ -269,8 +254,8 @@ var (
 	errMaxDuration        = apiError{504, "max_duration", "the stream reached the gateway's maximum duration", outcomeMaxDuration, ""}
 )
 
-// CloseWithError is called once by the fasthttp server when it is done
-// with the body; writeErr is non-nil when writing to the client failed.
+// CloseWithError is called once, when the stream's writer is done with it;
+// writeErr is non-nil when writing to the client failed.
 func (s *stream) CloseWithError(writeErr error) error {
 	x := s.x
 	if writeErr != nil {

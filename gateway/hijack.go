@@ -1,0 +1,255 @@
+package gateway
+
+import (
+	"net"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// sendStream hands a framed stream its response. The connection is taken
+// off fasthttp's worker (hijacked): the stream runs on a goroutine of its
+// own, writes each batch of frames with one writev straight onto the
+// socket, and hands the connection back to the server when it ends. While
+// it runs, the stream holds no RequestCtx, no server write buffer and no
+// worker parked deep in fasthttp's serve loop: with thousands of slow
+// streams open, that was a third of what a stream cost
+// (docs/BENCHMARKS.md). An HTTP/1.1 client gets chunks; an HTTP/1.0
+// client, which cannot read them, gets the frames as they are, the body
+// ended by closing the connection, as Ollama's own server does.
+func (g *Gateway) sendStream(ctx *fasthttp.RequestCtx, s *stream) {
+	h := &ctx.Response.Header
+	s.chunked = ctx.Request.Header.IsHTTP11()
+	if s.chunked {
+		h.SetContentLength(-1) // Transfer-Encoding: chunked
+	} else {
+		h.SetContentLength(-2) // neither length nor chunks: read until close
+	}
+	// What fasthttp would decide after the handler: a client that asked
+	// for close, or a drain under way, gets Connection: close.
+	if !s.chunked || ctx.Request.Header.ConnectionClose() || g.draining.Load() {
+		h.SetConnectionClose()
+	}
+	s.keepAlive = !h.ConnectionClose()
+	s.head = h.AppendBytes(nil)
+	g.hijacked.Add(1)
+	ctx.HijackSetNoResponse(true)
+	// fasthttp calls the hijack handler on a goroutine of its own and keeps
+	// the RequestCtx until it returns, so the handler only starts the
+	// stream's goroutine. fasthttp skips the handler only if it cannot
+	// clear the deadlines of the connection, which fails only once the
+	// connection is closed, and nothing closes it before this point.
+	ctx.Hijack(s.startHijacked)
+}
+
+// startHijacked is the hijack handler: c is the client connection, which
+// the stream now owns (Server.KeepHijackedConns).
+func (s *stream) startHijacked(c net.Conn) { go s.runHijacked(c) }
+
+// runHijacked relays the stream onto c, then either gives the connection
+// back to the server for the client's next request or closes it.
+func (s *stream) runHijacked(hijacked net.Conn) {
+	g := s.g
+	c := handback(hijacked, g.cfg.KeepAliveTimeout)
+	w := &chunkWriter{conn: c.sock, head: s.head, raw: !s.chunked}
+	s.head = nil
+	var err error
+	panicked := false
+	func() {
+		defer func() {
+			if r := recover(); r != nil {
+				g.recovered(s.x, r)
+				panicked = true
+			}
+		}()
+		if _, err = s.WriteTo(w); err == nil {
+			err = w.finish()
+		}
+	}()
+	keep := err == nil && !panicked && s.keepAlive && !g.draining.Load()
+	// The response is over: CloseWithError frees the upstream side, logs
+	// the access line and clears the connection's write deadline.
+	_ = s.CloseWithError(err)
+	g.hijacked.Add(-1)
+	if !keep {
+		_ = c.Close()
+		return
+	}
+	// ServeConn closes c when the client is done with it.
+	c.waitIdle = g.cfg.ReadTimeout > 0
+	_ = g.server.ServeConn(c)
+}
+
+// clientConn is a client connection that a stream took from fasthttp and
+// hands back to it (Server.ServeConn) for the client's next request.
+//
+// Reads go through fasthttp's hijack wrapper, which holds any bytes the
+// client pipelined behind the stream's request; writes, deadlines and the
+// client-gone check go to the socket itself, whose writev and syscall
+// access the wrapper hides. A connection that carries stream after stream
+// keeps one clientConn: handback finds it again under the next wrapper.
+type clientConn struct {
+	net.Conn          // fasthttp's hijack wrapper
+	sock     net.Conn // the socket
+	// keepAlive is gateway.keepalive_timeout. ServeConn takes a handed-back
+	// connection for a new one and waits for its first request only
+	// read_timeout; waitIdle makes that first deadline keepAlive, as for
+	// any keep-alive connection.
+	keepAlive time.Duration
+	waitIdle  bool
+	// probed records a zero-length Read (see handback).
+	probed bool
+}
+
+// handback returns the clientConn for a connection fasthttp has just
+// handed to a hijack handler.
+func handback(hijacked net.Conn, keepAlive time.Duration) *clientConn {
+	u, ok := hijacked.(interface{ UnsafeConn() net.Conn })
+	if !ok { // not fasthttp's wrapper: nothing to see through
+		return &clientConn{Conn: hijacked, sock: hijacked, keepAlive: keepAlive}
+	}
+	under := u.UnsafeConn()
+	prev, ok := under.(*clientConn)
+	if !ok {
+		return &clientConn{Conn: hijacked, sock: under, keepAlive: keepAlive}
+	}
+	// The connection was handed back before. fasthttp's new wrapper reads
+	// from prev itself unless the client pipelined bytes behind this
+	// request, which it then keeps in a buffer of its own: a zero-length
+	// read reaches prev only in the first case, where prev serves on and
+	// wrappers do not pile up, one per stream.
+	prev.probed = false
+	_, _ = hijacked.Read(nil)
+	if prev.probed {
+		return prev
+	}
+	return &clientConn{Conn: hijacked, sock: prev.sock, keepAlive: keepAlive}
+}
+
+func (c *clientConn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		c.probed = true
+		return 0, nil
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *clientConn) Write(p []byte) (int, error) { return c.sock.Write(p) }
+func (c *clientConn) Close() error                { return c.sock.Close() }
+func (c *clientConn) LocalAddr() net.Addr         { return c.sock.LocalAddr() }
+func (c *clientConn) RemoteAddr() net.Addr        { return c.sock.RemoteAddr() }
+func (c *clientConn) SetDeadline(t time.Time) error {
+	return c.sock.SetDeadline(t)
+}
+func (c *clientConn) SetWriteDeadline(t time.Time) error { return c.sock.SetWriteDeadline(t) }
+
+func (c *clientConn) SetReadDeadline(t time.Time) error {
+	if c.waitIdle {
+		c.waitIdle = false
+		if c.keepAlive > 0 {
+			t = time.Now().Add(c.keepAlive)
+		}
+	}
+	return c.sock.SetReadDeadline(t)
+}
+
+// UnsafeConn returns the socket, as fasthttp's own wrapper does.
+func (c *clientConn) UnsafeConn() net.Conn { return c.sock }
+
+// chunkWriter frames each Write as one HTTP/1.1 chunk and sends it with a
+// single writev: the chunk-size line, the frames (read in place from the
+// framer's buffer, never copied) and the CRLF — preceded, the first time,
+// by the response head, so the head and the first frame leave together as
+// Ollama sends them. With raw set (HTTP/1.0) the frames go unframed.
+type chunkWriter struct {
+	conn net.Conn
+	head []byte
+	raw  bool
+	size [20]byte
+	iov  [4][]byte
+	bufs net.Buffers
+}
+
+var (
+	crlf      = []byte("\r\n")
+	lastChunk = []byte("0\r\n\r\n")
+)
+
+func (w *chunkWriter) Write(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if w.raw {
+		if err := w.send(p, nil, nil); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
+	size := append(strconv.AppendUint(w.size[:0], uint64(len(p)), 16), '\r', '\n')
+	if err := w.send(size, p, crlf); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// finish writes the last chunk (and the head, if no frame carried it).
+func (w *chunkWriter) finish() error {
+	if w.raw {
+		if w.head == nil {
+			return nil
+		}
+		return w.send(nil, nil, nil)
+	}
+	return w.send(lastChunk, nil, nil)
+}
+
+func (w *chunkWriter) send(a, b, c []byte) error {
+	w.iov = [4][]byte{w.head, a, b, c}
+	w.bufs = w.iov[:]
+	w.head = nil
+	_, err := w.bufs.WriteTo(w.conn)
+	w.bufs, w.iov = nil, [4][]byte{}
+	return err
+}
+
+// connLimitListener applies gateway.max_client_connections to the
+// connections fasthttp no longer counts: fasthttp's Concurrency limit
+// covers the connections its workers serve, and a hijacked stream has left
+// them. Over the limit, a new connection gets the same plain-text 503 as
+// from fasthttp and is closed; the accept loop is fasthttp's, so the check
+// against its open-connection count is exact.
+type connLimitListener struct {
+	net.Listener
+	g *Gateway
+	// lastWarn (unix ns) rate-limits the warning to one a minute.
+	lastWarn atomic.Int64
+}
+
+const connLimitBody = "The connection cannot be served because gateway.max_client_connections are open\n"
+
+var connLimitResponse = []byte("HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: text/plain\r\n" +
+	"Content-Length: " + strconv.Itoa(len(connLimitBody)) + "\r\n\r\n" + connLimitBody)
+
+func (l *connLimitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return c, err
+		}
+		g := l.g
+		hj := int(g.hijacked.Load())
+		if hj == 0 || int(g.server.GetOpenConnectionsCount())+hj < g.cfg.MaxClientConnections {
+			return c, nil
+		}
+		_ = c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+		_, _ = c.Write(connLimitResponse)
+		_ = c.Close()
+		if now := time.Now().UnixNano(); now-l.lastWarn.Load() >= int64(time.Minute) {
+			l.lastWarn.Store(now)
+			g.log.Warn().Int("max_client_connections", g.cfg.MaxClientConnections).Int("streams", hj).
+				Msg("a new connection was refused: gateway.max_client_connections are open")
+		}
+	}
+}
