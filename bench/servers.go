@@ -16,6 +16,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/vega-gateway/vega-gateway/gateway"
+	"github.com/vega-gateway/vega-gateway/metrics"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
 	"github.com/vega-gateway/vega-gateway/pool"
 	"github.com/vega-gateway/vega-gateway/trace"
@@ -58,7 +59,7 @@ func startFake(cfg ollamatest.Config) (*stack, error) {
 }
 
 // startGateway serves the gateway at its defaults, but for the pool bound
-// raised to maxConns, on a loopback port.
+// raised to maxConns, on a loopback port, with main's metrics observer.
 func startGateway(upstream string, logOn bool, dir string, maxConns, maxQueue int) (string, func(), error) {
 	p, err := pool.New(pool.UpstreamConfig{URL: upstream}, pool.Config{MaxConnections: maxConns, MaxQueue: maxQueue})
 	if err != nil {
@@ -80,6 +81,14 @@ func startGateway(upstream string, logOn bool, dir string, maxConns, maxQueue in
 		closeLog()
 		return "", nil, err
 	}
+	// Metrics observe every request, as in main (observability.go).
+	m, err := metrics.New(metrics.Config{}, "bench", func() []pool.Snapshot { return []pool.Snapshot{p.Snapshot()} })
+	if err != nil {
+		closeLog()
+		return "", nil, err
+	}
+	m.SetStreamsSource(gw.Streams)
+	gw.SetObserver(m.Observe)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		closeLog()
