@@ -94,18 +94,7 @@ func runNonStream(t target, conns int, warmup, d time.Duration, vega bool) resul
 	deadline := measureFrom.Add(d)
 	// The target's CPU time over the measured window: the cost per
 	// request, which the machine's drift moves far less than throughput.
-	cpu := make(chan time.Duration, 1)
-	go func() {
-		time.Sleep(time.Until(measureFrom))
-		c0 := cpuTime(t.pid)
-		time.Sleep(time.Until(deadline))
-		c1 := cpuTime(t.pid)
-		if c0 < 0 || c1 < 0 {
-			cpu <- -1 // the process went away
-			return
-		}
-		cpu <- c1 - c0
-	}()
+	cpu := measureCPU(t.pid, measureFrom, deadline)
 	var wg sync.WaitGroup
 	for w := range conns {
 		wg.Add(1)
@@ -152,33 +141,60 @@ func runNonStream(t target, conns int, warmup, d time.Duration, vega bool) resul
 	wg.Wait()
 	all := slices.Concat(lats...)
 	slices.Sort(all)
-	cpuPerReq := -1.0
-	if used := <-cpu; used >= 0 && len(all) > 0 {
-		cpuPerReq = float64(used.Microseconds()) / float64(len(all))
-	}
 	return result{
-		cpuPerReq: cpuPerReq,
+		cpuPerReq: perUnit(<-cpu, len(all)),
 		rps:       float64(len(all)) / d.Seconds(),
 		p50:       pct(all, 0.50), p90: pct(all, 0.90), p99: pct(all, 0.99),
 		failed: fails.n, errMsg: fails.first,
 	}
 }
 
+// measureCPU sends the CPU time pid (and its children) used from from to
+// to, or -1 if the process went away.
+func measureCPU(pid int, from, to time.Time) <-chan time.Duration {
+	cpu := make(chan time.Duration, 1)
+	go func() {
+		time.Sleep(time.Until(from))
+		c0 := cpuTime(pid)
+		time.Sleep(time.Until(to))
+		c1 := cpuTime(pid)
+		if c0 < 0 || c1 < 0 {
+			cpu <- -1
+			return
+		}
+		cpu <- c1 - c0
+	}()
+	return cpu
+}
+
+// perUnit is used CPU in µs per unit of work; -1 when either is unknown.
+func perUnit(used time.Duration, units int) float64 {
+	if used < 0 || units == 0 {
+		return -1
+	}
+	return float64(used.Microseconds()) / float64(units)
+}
+
 // runStream keeps conc streams open for d (after warmup) and measures time
 // to first chunk and the gaps between chunks. Workers start staggered over
 // one stream's length so they do not all tick together. A stream counts
 // only if every line is JSON and the last one says "done":true.
-func runStream(addr string, conc, tokens int, pacing, warmup, d time.Duration) result {
+func runStream(t target, conc, tokens int, pacing, warmup, d time.Duration) result {
+	addr := t.addr
 	c := newClient(addr, conc, true)
 	defer c.CloseIdleConnections()
 	var fails failures
 	var mu sync.Mutex
 	var ttfcs, gaps []time.Duration
-	streams, stalls := 0, 0
+	streams, stalls, frames := 0, 0, 0
 	stallAt := 10 * pacing
 	start := time.Now()
 	measureFrom := start.Add(warmup)
 	deadline := measureFrom.Add(d)
+	// CPU per frame: the server's CPU over the window, over the frames of
+	// the streams started in it (those still running at its end make up
+	// for those that began before it).
+	cpu := measureCPU(t.pid, measureFrom, deadline)
 	streamLen := time.Duration(tokens) * pacing
 	var wg sync.WaitGroup
 	for w := range conc {
@@ -208,6 +224,7 @@ func runStream(addr string, conc, tokens int, pacing, warmup, d time.Duration) r
 				}
 				mu.Lock()
 				streams++
+				frames += len(myGaps) + 1
 				ttfcs = append(ttfcs, ttfc)
 				gaps = append(gaps, myGaps...)
 				for _, g := range myGaps {
@@ -222,8 +239,15 @@ func runStream(addr string, conc, tokens int, pacing, warmup, d time.Duration) r
 	wg.Wait()
 	slices.Sort(ttfcs)
 	slices.Sort(gaps)
+	cpuPerFrame := perUnit(<-cpu, frames)
+	if conc == 1 {
+		// One paced stream leaves the server idle most of the time: its
+		// CPU is timers and the runtime, in 10 ms ticks, not frames.
+		cpuPerFrame = -1
+	}
 	return result{
-		ttfc50: pct(ttfcs, 0.50), ttfc99: pct(ttfcs, 0.99),
+		cpuPerFrame: cpuPerFrame,
+		ttfc50:      pct(ttfcs, 0.50), ttfc99: pct(ttfcs, 0.99),
 		gap50: pct(gaps, 0.50), gap99: pct(gaps, 0.99), gapMax: pct(gaps, 1),
 		stalls: stalls, streams: streams, failed: fails.n, errMsg: fails.first,
 	}

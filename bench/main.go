@@ -90,13 +90,13 @@ func main() {
 		{
 			name: "stream1", title: fmt.Sprintf("stream ×1, %d tok × %s", *tokens, *pacing),
 			tokens: *tokens, delay: *pacing,
-			run:     func(t target) result { return runStream(t.addr, 1, *tokens, *pacing, *warmup, *duration) },
+			run:     func(t target) result { return runStream(t, 1, *tokens, *pacing, *warmup, *duration) },
 			metrics: streamMetrics,
 		},
 		{
 			name: "stream200", title: fmt.Sprintf("stream ×%d, %d tok × %s", *streams, *tokens, *pacing),
 			tokens: *tokens, delay: *pacing,
-			run:     func(t target) result { return runStream(t.addr, *streams, *tokens, *pacing, *warmup, *duration) },
+			run:     func(t target) result { return runStream(t, *streams, *tokens, *pacing, *warmup, *duration) },
 			metrics: streamMetrics,
 		},
 		{

@@ -32,6 +32,7 @@ type result struct {
 	cpuPerReq     float64 // µs of the target's CPU (user + system) per request; -1: unknown
 	p50, p90, p99 time.Duration
 	// streaming
+	cpuPerFrame    float64 // µs of the target's CPU per frame relayed; -1: unknown
 	ttfc50, ttfc99 time.Duration
 	gap50, gap99   time.Duration
 	gapMax         time.Duration
@@ -70,6 +71,7 @@ var nonStreamMetrics = []metric{
 
 var streamMetrics = []metric{
 	{name: "streams", get: func(r result) float64 { return float64(r.streams) }, integer: true},
+	{name: "CPU µs/frame", get: func(r result) float64 { return r.cpuPerFrame }, prec: 1, na: true},
 	{name: "TTFC p50", get: func(r result) float64 { return float64(r.ttfc50) }, dur: true, added: true},
 	{name: "TTFC p99", get: func(r result) float64 { return float64(r.ttfc99) }, dur: true, added: true},
 	{name: "gap p50", get: func(r result) float64 { return float64(r.gap50) }, dur: true, added: true},

@@ -15,7 +15,7 @@ import (
 // socket, and hands the connection back to the server when it ends. While
 // it runs, the stream holds no RequestCtx, no server write buffer and no
 // worker parked deep in fasthttp's serve loop: with thousands of slow
-// streams open, that was a third of what a stream cost
+// streams open, that was over a third of what a stream cost
 // (docs/BENCHMARKS.md). An HTTP/1.1 client gets chunks; an HTTP/1.0
 // client, which cannot read them, gets the frames as they are, the body
 // ended by closing the connection, as Ollama's own server does.
@@ -33,6 +33,9 @@ func (g *Gateway) sendStream(ctx *fasthttp.RequestCtx, s *stream) {
 		h.SetConnectionClose()
 	}
 	s.keepAlive = !h.ConnectionClose()
+	if len(h.Server()) == 0 {
+		h.SetServer(g.server.Name) // fasthttp adds it after the handler, to what it writes
+	}
 	s.head = h.AppendBytes(nil)
 	g.hijacked.Add(1)
 	ctx.HijackSetNoResponse(true)

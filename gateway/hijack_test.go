@@ -97,6 +97,13 @@ func TestStreamConnectionReuse(t *testing.T) {
 			if tags.StatusCode != 200 || !strings.Contains(string(b), `"models"`) {
 				t.Fatalf("request after the stream: %d %q", tags.StatusCode, b)
 			}
+			// The stream writes its own head: it carries what fasthttp's do.
+			if got, want := resp.Header.Get("Server"), tags.Header.Get("Server"); got == "" || got != want {
+				t.Errorf("stream Server header %q, other responses %q", got, want)
+			}
+			if resp.Header.Get("Date") == "" {
+				t.Error("stream response without Date")
+			}
 			if !tc.pipelined {
 				send(streamRequest("HTTP/1.1", ""))
 			}

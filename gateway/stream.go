@@ -24,9 +24,9 @@ type translator func(s *stream, frame []byte) (out []byte, final bool, err error
 // fasthttp's workers (hijack.go) — the one goroutine a stream has — and
 // WriteTo writes one chunk per batch of frames. When the writer is done —
 // the client took everything, or a write to it failed — it calls
-// CloseWithError, which
-// closes the upstream body (discarding the connection unless it was read to
-// the end), frees the pool slot and writes the access log line.
+// CloseWithError, which closes the upstream body (discarding the
+// connection unless it was read to the end), frees the pool slot and
+// writes the access log line.
 type stream struct {
 	g         *Gateway
 	x         *exchange
@@ -89,12 +89,12 @@ func (s *stream) abort() {
 }
 
 // WriteTo writes the stream to w, a chunkWriter, which sends each Write as
-// one chunk. Frames that are already buffered when
-// one is written — a client or a gateway running behind — go out in the
-// same chunk: relayed frames lie end to end in the framer's buffer, so the
-// batch is one slice, one write, as nginx sends what one read brought.
-// Each frame is still inspected on its own; chunk boundaries carry no
-// meaning in HTTP, and a frame is never split.
+// one chunk. Frames that are already buffered when one is written — a
+// client or a gateway running behind — go out in the same chunk: relayed
+// frames lie end to end in the framer's buffer, so the batch is one slice,
+// one write, as nginx sends what one read brought. Each frame is still
+// inspected on its own; chunk boundaries carry no meaning in HTTP, and a
+// frame is never split.
 func (s *stream) WriteTo(w io.Writer) (total int64, err error) {
 	for {
 		for s.off >= len(s.out) {
