@@ -18,8 +18,8 @@ import (
 // logSink is the root logger's destination: gateway.log (rotated by
 // lumberjack) and stdout, behind a queue that one goroutine drains in
 // batches (trace.BatchWriter: one write per sink for all the lines queued
-// since the last), so a slow or full disk drops lines (counted) instead of
-// blocking a request.
+// since the last, at most every trace.WriteInterval), so a slow or full
+// disk drops lines (counted) instead of blocking a request.
 type logSink struct {
 	queue   *trace.BatchWriter
 	file    *lumberjack.Logger

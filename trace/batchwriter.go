@@ -4,14 +4,18 @@ import (
 	"bytes"
 	"io"
 	"sync"
+	"time"
 )
 
 // BatchWriter is the log's queue: Write copies a line in and returns at
 // once, and one goroutine writes out whatever has queued since its last
-// write, in one Write to the destination. Under load that is one write
-// system call per batch, not per line — with the log file and stdout both
-// on, an access line per request would otherwise cost two of them, a
-// visible share of a proxied request. A request never waits for the disk:
+// write, in one Write to the destination, at most once per WriteInterval.
+// Under load that is one write system call per sink per interval, not per
+// line — with the log file and stdout both on, an access line per request
+// would otherwise cost two of them, a visible share of a proxied request
+// (nginx's access_log buffer=… flush=… does the same). A line written after
+// a quiet spell goes out at once; under load a line waits at most
+// WriteInterval. A request never waits for the disk:
 // when maxLines lines are queued (a slow or failing disk), further lines
 // are dropped and counted. The lock is held only to copy a line in or to
 // swap the queue out.
@@ -34,6 +38,12 @@ type BatchWriter struct {
 // maxWriteBytes bounds one write to the destination (cut at a line end):
 // lumberjack refuses a write larger than its rotation size.
 const maxWriteBytes = 256 << 10
+
+// WriteInterval is the least time between two writes to the destination.
+// 10 ms keeps `tail -f` live while a busy gateway writes its log 100
+// times a second rather than once per request; lines queue meanwhile,
+// within maxLines.
+const WriteInterval = 10 * time.Millisecond
 
 // NewBatchWriter starts the writer goroutine; Close stops it. dropped (may
 // be nil) is told about lines refused because the queue was full.
@@ -73,14 +83,29 @@ func (w *BatchWriter) Write(p []byte) (int, error) {
 func (w *BatchWriter) run() {
 	defer close(w.done)
 	var batch []byte
+	var last time.Time
+	pause := time.NewTimer(0)
+	<-pause.C
+	defer pause.Stop()
 	for {
 		select {
 		case <-w.wake:
-			batch = w.flush(batch)
 		case <-w.stop:
 			w.flush(batch)
 			return
 		}
+		// Let lines gather if the last write was less than an interval ago.
+		if wait := time.Until(last.Add(WriteInterval)); wait > 0 {
+			pause.Reset(wait)
+			select {
+			case <-pause.C:
+			case <-w.stop:
+				w.flush(batch)
+				return
+			}
+		}
+		batch = w.flush(batch)
+		last = time.Now()
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // gatedSink records every Write; while gate is set, each Write first
@@ -140,3 +141,35 @@ func TestLineWriter(t *testing.T) {
 type writerFunc func(p []byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// TestBatchWriterWritesAtMostOncePerInterval: lines arriving steadily go
+// out in at most one write per WriteInterval, all of them, in order.
+func TestBatchWriterWritesAtMostOncePerInterval(t *testing.T) {
+	sink := newGatedSink()
+	close(sink.gate)
+	w := NewBatchWriter(sink, 100000, nil)
+	start := time.Now()
+	n := 0
+	for time.Since(start) < 20*WriteInterval {
+		fmt.Fprintf(w, "%d\n", n)
+		n++
+		time.Sleep(50 * time.Microsecond)
+	}
+	elapsed := time.Since(start)
+	w.Close()
+	sink.mu.Lock()
+	writes := len(sink.writes)
+	sink.mu.Unlock()
+	// The first line goes out at once, then one write per interval at
+	// most, and Close's.
+	if limit := int(elapsed/WriteInterval) + 2; writes > limit {
+		t.Errorf("%d writes for %d lines in %v, want at most %d", writes, n, elapsed, limit)
+	}
+	want := make([]string, n)
+	for i := range want {
+		want[i] = fmt.Sprint(i)
+	}
+	if got := strings.TrimSuffix(sink.all(), "\n"); got != strings.Join(want, "\n") {
+		t.Errorf("lines lost or out of order: %d written, output %d bytes", n, len(got))
+	}
+}
