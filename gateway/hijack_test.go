@@ -227,3 +227,30 @@ func TestClientGoneAfterStream(t *testing.T) {
 	waitFor(t, 2*time.Second, "upstream connection closed", func() bool { return e.fake.Stats().ClientCancelled == 1 })
 	e.wantOutcome(t, "gone-after-stream", "client_closed")
 }
+
+// TestStreamKeepAliveIdle: after a stream, the connection waits for the
+// client's next request gateway.keepalive_timeout, like any keep-alive
+// connection — not read_timeout, which fasthttp would apply to a
+// connection handed back to it as if it were new.
+func TestStreamKeepAliveIdle(t *testing.T) {
+	e := startEnv(t, envOptions{
+		fake:    ollamatest.Config{Tokens: 3},
+		gateway: gateway.Config{ReadTimeout: 150 * time.Millisecond, KeepAliveTimeout: 5 * time.Second},
+	})
+	c := dialAndWrite(t, strings.TrimPrefix(e.url, "http://"), streamRequest("HTTP/1.1", ""), 10*time.Second)
+	defer c.Close()
+	br := bufio.NewReader(c)
+	readStream(t, br)
+	time.Sleep(600 * time.Millisecond) // four read timeouts, idle
+	if _, err := io.WriteString(c, tagsRequest); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("the connection did not outlive read_timeout while idle after a stream: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("request after an idle wait: %d", resp.StatusCode)
+	}
+}
