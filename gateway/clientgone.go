@@ -1,9 +1,6 @@
 package gateway
 
-import (
-	"net"
-	"syscall"
-)
+import "syscall"
 
 // clientGone reports whether the client closed its connection,
 // without consuming any byte it sent (a pipelined request stays in the
@@ -13,11 +10,7 @@ import (
 // It is only called while a request waits in the pool's queue. A
 // connection that is not a socket is never reported gone.
 func (x *exchange) clientGone() bool {
-	c := x.conn
-	if u, ok := c.(interface{ UnsafeConn() net.Conn }); ok {
-		c = u.UnsafeConn() // a connection handed back after a stream (hijack.go)
-	}
-	sc, ok := c.(syscall.Conn)
+	sc, ok := x.conn.(syscall.Conn)
 	if !ok {
 		return false
 	}

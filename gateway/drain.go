@@ -72,10 +72,9 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	}
 	n := g.streams.abortAll()
 	g.log.Warn().Int("streams", n).Msg("drain deadline reached: ending open streams with shutting_down")
-	deadline := time.Now().Add(abortGrace)
-	for g.streams.len() > 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	grace, cancel := context.WithTimeout(context.Background(), abortGrace)
+	defer cancel()
+	_ = g.waitStreams(grace)
 	return err
 }
 

@@ -1,9 +1,11 @@
 package gateway
 
 import (
+	"errors"
 	"net"
 	"strconv"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -139,13 +141,11 @@ func (c *clientConn) Read(p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
-func (c *clientConn) Write(p []byte) (int, error) { return c.sock.Write(p) }
-func (c *clientConn) Close() error                { return c.sock.Close() }
-func (c *clientConn) LocalAddr() net.Addr         { return c.sock.LocalAddr() }
-func (c *clientConn) RemoteAddr() net.Addr        { return c.sock.RemoteAddr() }
-func (c *clientConn) SetDeadline(t time.Time) error {
-	return c.sock.SetDeadline(t)
-}
+func (c *clientConn) Write(p []byte) (int, error)        { return c.sock.Write(p) }
+func (c *clientConn) Close() error                       { return c.sock.Close() }
+func (c *clientConn) LocalAddr() net.Addr                { return c.sock.LocalAddr() }
+func (c *clientConn) RemoteAddr() net.Addr               { return c.sock.RemoteAddr() }
+func (c *clientConn) SetDeadline(t time.Time) error      { return c.sock.SetDeadline(t) }
 func (c *clientConn) SetWriteDeadline(t time.Time) error { return c.sock.SetWriteDeadline(t) }
 
 func (c *clientConn) SetReadDeadline(t time.Time) error {
@@ -160,6 +160,16 @@ func (c *clientConn) SetReadDeadline(t time.Time) error {
 
 // UnsafeConn returns the socket, as fasthttp's own wrapper does.
 func (c *clientConn) UnsafeConn() net.Conn { return c.sock }
+
+// SyscallConn is the socket's: the client-gone check (clientgone.go) peeks
+// it for requests served on the connection after a stream.
+func (c *clientConn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := c.sock.(syscall.Conn)
+	if !ok {
+		return nil, errors.New("client connection is not a socket")
+	}
+	return sc.SyscallConn()
+}
 
 // chunkWriter frames each Write as one HTTP/1.1 chunk and sends it with a
 // single writev: the chunk-size line, the frames (read in place from the
