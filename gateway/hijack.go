@@ -232,7 +232,8 @@ func (w *chunkWriter) send(a, b, c []byte) error {
 // covers the connections its workers serve, and a hijacked stream has left
 // them. Over the limit, a new connection gets the same plain-text 503 as
 // from fasthttp and is closed; the accept loop is fasthttp's, so the check
-// against its open-connection count is exact.
+// against its open-connection count is exact. An accepted connection is
+// returned as a clientSock (readahead.go).
 type connLimitListener struct {
 	net.Listener
 	g *Gateway
@@ -254,7 +255,7 @@ func (l *connLimitListener) Accept() (net.Conn, error) {
 		g := l.g
 		hj := int(g.hijacked.Load())
 		if hj == 0 || int(g.server.GetOpenConnectionsCount())+hj < g.cfg.MaxClientConnections {
-			return c, nil
+			return newClientSock(c), nil
 		}
 		_ = c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 		_, _ = c.Write(connLimitResponse)
