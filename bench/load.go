@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -94,7 +95,7 @@ func runNonStream(t target, conns int, warmup, d time.Duration, vega bool) resul
 	deadline := measureFrom.Add(d)
 	// The target's CPU time over the measured window: the cost per
 	// request, which the machine's drift moves far less than throughput.
-	cpu := measureCPU(t.pid, measureFrom, deadline)
+	used := measure(t.pid, measureFrom, deadline)
 	var wg sync.WaitGroup
 	for w := range conns {
 		wg.Add(1)
@@ -141,30 +142,47 @@ func runNonStream(t target, conns int, warmup, d time.Duration, vega bool) resul
 	wg.Wait()
 	all := slices.Concat(lats...)
 	slices.Sort(all)
+	win := <-used
 	return result{
-		cpuPerReq: perUnit(<-cpu, len(all)),
+		cpuPerReq: perUnit(win.cpu, len(all)),
+		syscalls:  win.syscalls.per(len(all)),
 		rps:       float64(len(all)) / d.Seconds(),
 		p50:       pct(all, 0.50), p90: pct(all, 0.90), p99: pct(all, 0.99),
 		failed: fails.n, errMsg: fails.first,
 	}
 }
 
-// measureCPU sends the CPU time pid (and its children) used from from to
-// to, or -1 if the process went away.
-func measureCPU(pid int, from, to time.Time) <-chan time.Duration {
-	cpu := make(chan time.Duration, 1)
+// window is what a server used over a measured window.
+type window struct {
+	cpu      time.Duration  // user + system, all threads; -1 if the process went away
+	syscalls *syscallCounts // with -syscalls; nil otherwise or if perf failed
+}
+
+// measure sends what pid (and its children) used from from to to.
+func measure(pid int, from, to time.Time) <-chan window {
+	ch := make(chan window, 1)
 	go func() {
 		time.Sleep(time.Until(from))
+		var sc *syscallCounter
+		if countSyscalls {
+			var err error
+			if sc, err = startSyscallCounter(pid); err != nil {
+				fmt.Fprintln(os.Stderr, "bench: perf stat:", err)
+			}
+		}
 		c0 := cpuTime(pid)
 		time.Sleep(time.Until(to))
 		c1 := cpuTime(pid)
-		if c0 < 0 || c1 < 0 {
-			cpu <- -1
-			return
+		w := window{cpu: c1 - c0}
+		if sc != nil {
+			w.syscalls = sc.stop()
 		}
-		cpu <- c1 - c0
+		if c0 < 0 || c1 < 0 {
+			w.cpu = -1
+		}
+		ch <- w
 	}()
-	return cpu
+	return ch
 }
 
 // perUnit is used CPU in µs per unit of work; -1 when either is unknown.
@@ -194,7 +212,7 @@ func runStream(t target, conc, tokens int, pacing, warmup, d time.Duration) resu
 	// CPU per frame: the server's CPU over the window, over the frames of
 	// the streams started in it (those still running at its end make up
 	// for those that began before it).
-	cpu := measureCPU(t.pid, measureFrom, deadline)
+	used := measure(t.pid, measureFrom, deadline)
 	streamLen := time.Duration(tokens) * pacing
 	var wg sync.WaitGroup
 	for w := range conc {
@@ -239,14 +257,16 @@ func runStream(t target, conc, tokens int, pacing, warmup, d time.Duration) resu
 	wg.Wait()
 	slices.Sort(ttfcs)
 	slices.Sort(gaps)
-	cpuPerFrame := perUnit(<-cpu, frames)
+	win := <-used
+	cpuPerFrame, syscalls := perUnit(win.cpu, frames), win.syscalls.per(frames)
 	if conc == 1 {
 		// One paced stream leaves the server idle most of the time: its
 		// CPU is timers and the runtime, in 10 ms ticks, not frames.
-		cpuPerFrame = -1
+		cpuPerFrame, syscalls = -1, nil
 	}
 	return result{
 		cpuPerFrame: cpuPerFrame,
+		syscalls:    syscalls,
 		ttfc50:      pct(ttfcs, 0.50), ttfc99: pct(ttfcs, 0.99),
 		gap50: pct(gaps, 0.50), gap99: pct(gaps, 0.99), gapMax: pct(gaps, 1),
 		stalls: stalls, streams: streams, failed: fails.n, errMsg: fails.first,

@@ -45,6 +45,7 @@ func main() {
 		nginx       = flag.Bool("nginx", true, "include nginx when "+nginxPath+" exists")
 		bare        = flag.Bool("bare", false, "add a column: a bare fasthttp proxy (Server handler calling HostClient.Do; no auth, IDs, logs, metrics, limits) — what fasthttp itself costs")
 		pin         = flag.Bool("pin", true, "with taskset and 2+ CPUs: servers on CPU 0, load generator on CPU 1")
+		syscalls    = flag.Bool("syscalls", false, "add rows: each server's system calls per request (nonstream, chat) and per frame (stream200), counted with perf stat on the kernel's syscall tracepoints")
 
 		serveMode = flag.Bool("serve", false, "internal: run the servers for the parent process")
 		sf        serveFlags
@@ -76,28 +77,39 @@ func main() {
 		os.Exit(2)
 	}
 
+	nsMetrics, stMetrics := nonStreamMetrics, streamMetrics
+	if *syscalls {
+		if err := perfUsable(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: -syscalls left out:", err)
+		} else {
+			countSyscalls = true
+			nsMetrics = append(slices.Clone(nsMetrics), syscallMetrics("req")...)
+			stMetrics = append(slices.Clone(stMetrics), syscallMetrics("frame")...)
+		}
+	}
 	all := []benchCase{
 		{
 			name: "nonstream", title: fmt.Sprintf("non-stream, %d conns", *conns),
 			run:     func(t target) result { return runNonStream(t, *conns, *warmup, *duration, false) },
-			metrics: nonStreamMetrics,
+			metrics: nsMetrics,
 		},
 		{
 			name: "chat", title: fmt.Sprintf("/chat + correlation IDs, %d conns (direct, nginx: /api/chat)", *conns),
 			run:     func(t target) result { return runNonStream(t, *conns, *warmup, *duration, true) },
-			metrics: nonStreamMetrics,
+			metrics: nsMetrics,
 		},
 		{
 			name: "stream1", title: fmt.Sprintf("stream ×1, %d tok × %s", *tokens, *pacing),
 			tokens: *tokens, delay: *pacing,
 			run:     func(t target) result { return runStream(t, 1, *tokens, *pacing, *warmup, *duration) },
-			metrics: streamMetrics,
+			metrics: streamMetrics, // one paced stream: its CPU is timers, not frames
+
 		},
 		{
 			name: "stream200", title: fmt.Sprintf("stream ×%d, %d tok × %s", *streams, *tokens, *pacing),
 			tokens: *tokens, delay: *pacing,
 			run:     func(t target) result { return runStream(t, *streams, *tokens, *pacing, *warmup, *duration) },
-			metrics: streamMetrics,
+			metrics: stMetrics,
 		},
 		{
 			name: "scale", title: fmt.Sprintf("scale: %d streams, %d tok × %s, ramp %s", *scaleN, *scaleTokens, *scalePacing, *scaleRamp),

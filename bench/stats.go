@@ -43,6 +43,8 @@ type result struct {
 	rssPeakMB    float64 // the target's process(es) at peak
 	rssPerStream float64 // KiB: (peak - idle) / streams
 	gorPerStream float64 // goroutines: (peak - idle) / streams
+	// non-streaming and streaming, with -syscalls: per request or frame
+	syscalls *syscallCounts
 	// all
 	failed int
 	errMsg string // the first failure, for the log
