@@ -103,7 +103,6 @@ func main() {
 			tokens: *tokens, delay: *pacing,
 			run:     func(t target) result { return runStream(t, 1, *tokens, *pacing, *warmup, *duration) },
 			metrics: streamMetrics, // one paced stream: its CPU is timers, not frames
-
 		},
 		{
 			name: "stream200", title: fmt.Sprintf("stream ×%d, %d tok × %s", *streams, *tokens, *pacing),
