@@ -322,17 +322,28 @@ func sumOverChildren(pid int, get func(pid int) int64) int64 {
 	if total < 0 {
 		return -1
 	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
-	if err == nil {
-		for _, f := range strings.Fields(string(b)) {
-			if c, err := strconv.Atoi(f); err == nil {
-				if v := get(c); v > 0 {
-					total += v
-				}
-			}
+	for _, c := range childPIDs(pid) {
+		if v := get(c); v > 0 {
+			total += v
 		}
 	}
 	return total
+}
+
+// childPIDs lists pid's child processes (nginx's worker under its master),
+// from /proc; none if it cannot be read.
+func childPIDs(pid int) []int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, f := range strings.Fields(string(b)) {
+		if c, err := strconv.Atoi(f); err == nil {
+			pids = append(pids, c)
+		}
+	}
+	return pids
 }
 
 // clockTicks is USER_HZ, the unit of /proc/<pid>/stat's times: 100 on

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -80,8 +79,8 @@ func perfUsable() error {
 // (nginx's worker); stop ends it and reads the counts.
 func startSyscallCounter(pid int) (*syscallCounter, error) {
 	pids := []string{strconv.Itoa(pid)}
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid)); err == nil {
-		pids = append(pids, strings.Fields(string(b))...)
+	for _, c := range childPIDs(pid) {
+		pids = append(pids, strconv.Itoa(c))
 	}
 	var events []string
 	for _, k := range syscallKinds {
@@ -116,7 +115,7 @@ func (c *syscallCounter) stop() *syscallCounts {
 		<-done
 		return nil
 	}
-	b, err := os.ReadFile(filepath.Clean(c.out))
+	b, err := os.ReadFile(c.out)
 	if err != nil {
 		return nil
 	}
