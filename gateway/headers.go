@@ -90,31 +90,42 @@ func connectionNames(values [][]byte, key []byte) bool {
 }
 
 // stripResponseHop removes the hop-by-hop headers, and those the
-// upstream's Connection names, from a response relayed to the client.
+// upstream's Connection names, from a response relayed to the client. The
+// pool keeps upstream header names as sent, and a copied header keeps that
+// setting, so every name is matched without regard to case and deleted in
+// the spelling it was stored in (a Del with the canonical name would miss
+// "keep-alive").
 func stripResponseHop(h *fasthttp.ResponseHeader) {
-	if v := h.Peek("Connection"); len(v) > 0 {
-		for tok := range bytes.SplitSeq(append([]byte(nil), v...), []byte{','}) {
-			if tok = bytes.TrimSpace(tok); len(tok) > 0 && !bytes.EqualFold(tok, []byte(trace.HeaderCorrelationID)) {
-				h.DelBytes(tok)
-			}
-		}
-	}
-	// Find which are there in one pass: a Del scans every header, and nine
-	// of them per response cost more than the rest of the relay's header
-	// work (Ollama sends none of them).
+	// First find whether there is anything to remove, in one pass: a Del
+	// scans every header, and Ollama sends none of them.
 	var buf [64]byte
-	var present [len(hopHeaders)]bool
-	for k := range h.All() {
-		if lk, ok := lower(&buf, k); ok {
-			if i, ok := hopIndex[string(lk)]; ok {
-				present[i] = true
+	var named []byte // the Connection values, comma-joined
+	hops := 0
+	for k, v := range h.All() {
+		lk, ok := lower(&buf, k)
+		if !ok {
+			continue
+		}
+		if _, hop := hopIndex[string(lk)]; hop {
+			hops++
+			if string(lk) == "connection" {
+				named = append(append(named, v...), ',')
 			}
 		}
 	}
-	for i, k := range hopHeaders {
-		if present[i] {
-			h.Del(k)
+	if hops == 0 {
+		return
+	}
+	var drop [][]byte
+	for k := range h.All() {
+		lk, ok := lower(&buf, k)
+		if _, hop := hopIndex[string(lk)]; ok && hop || len(named) > 0 && connectionNames([][]byte{named}, k) &&
+			!bytes.EqualFold(k, []byte(trace.HeaderCorrelationID)) {
+			drop = append(drop, append([]byte(nil), k...)) // k is the header's own storage, which Del moves
 		}
+	}
+	for _, k := range drop {
+		h.DelBytes(k)
 	}
 }
 

@@ -330,6 +330,27 @@ func TestMalformedUpstream(t *testing.T) {
 	})
 }
 
+// TestHopHeadersInAnyCase: the response's hop-by-hop headers, and those its
+// Connection header names, are stripped however the upstream spells them.
+// The pool keeps upstream header names as sent, so a lower-case one must not
+// slip past a comparison with the canonical spelling.
+func TestHopHeadersInAnyCase(t *testing.T) {
+	e := startEnv(t, envOptions{})
+	const id = "hop-lower-case"
+	st, h, body := e.do("POST", "/api/chat", chatWith("fault:raw=lowercase_hop"), map[string]string{"X-Correlation-ID": id})
+	if st != 200 || string(body) != "{}" {
+		t.Fatalf("%d %q", st, body)
+	}
+	for _, name := range []string{"Keep-Alive", "Proxy-Authenticate", "X-Private"} {
+		if v := h.Get(name); v != "" {
+			t.Errorf("%s: %q relayed", name, v)
+		}
+	}
+	if h.Get("X-Kept") != "yes" || h.Get("X-Correlation-ID") != id {
+		t.Fatalf("end-to-end headers lost: %v", h)
+	}
+}
+
 // TestSlowReader is F-15: a client reading a few KiB at a time still gets
 // the whole stream; the gateway buffers nothing beyond a frame (its heap
 // does not grow with what the upstream has to send), so back-pressure

@@ -212,6 +212,11 @@ func rawResponse(name string) (string, bool) {
 		// A non-streamed reply announcing HugeContentLength bytes; two
 		// arrive, then FIN (F-11: refused on the length alone).
 		return "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " + strconv.Itoa(HugeContentLength) + "\r\n\r\n{}", true
+	case "lowercase_hop":
+		// Hop-by-hop headers, and one the Connection header names, written
+		// in lower case as many non-Go servers do.
+		return "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nkeep-alive: timeout=5\r\n" +
+			"proxy-authenticate: Basic\r\nconnection: x-private\r\nx-private: secret\r\nx-kept: yes\r\n\r\n{}", true
 	case "huge_header":
 		return "HTTP/1.1 200 OK\r\nX-Huge: " + strings.Repeat("a", 64<<10) + "\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}", true
 	}
@@ -220,7 +225,7 @@ func rawResponse(name string) (string, bool) {
 
 // RawResponseNames lists the names raw=<name> accepts.
 func RawResponseNames() []string {
-	return []string{"bad_chunk", "cl_and_te", "garbage_status", "huge_content_length", "huge_header", "not_json", "short_body", "switching_protocols"}
+	return []string{"bad_chunk", "cl_and_te", "garbage_status", "huge_content_length", "huge_header", "lowercase_hop", "not_json", "short_body", "switching_protocols"}
 }
 
 // raw writes canned bytes on the hijacked connection and closes it.
