@@ -329,7 +329,7 @@ func (g *Gateway) serveChat(ctx *fasthttp.RequestCtx, x *exchange) bool {
 		g.reject(ctx, x, upstreamError(err))
 		return false
 	}
-	req := fasthttp.AcquireRequest()
+	req := acquireOutbound()
 	req.Header.SetMethod(fasthttp.MethodPost)
 	req.SetRequestURI(chatUpstreamPath)
 	req.Header.SetContentType("application/json")

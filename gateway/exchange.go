@@ -105,6 +105,10 @@ func (g *Gateway) newExchange(ctx *fasthttp.RequestCtx) *exchange {
 	x.traceparent = x.trace.AppendTraceparent(tp)
 	x.method = methodString(ctx.Method())
 	x.bytesIn = len(ctx.Request.Header.RawHeaders()) + len(ctx.Request.Body())
+	// The response's header names are written as set, like the upstream's
+	// once relay copies them in (the pool keeps those as sent): the same
+	// spelling whichever way the response is made, and no normalising.
+	ctx.Response.Header.DisableNormalizing()
 	ctx.Response.Header.Set(trace.HeaderCorrelationID, x.id)
 	if res.Replaced && g.log.GetLevel() <= zerolog.DebugLevel {
 		g.log.Debug().Str("correlation_id", x.id).Str("reason", res.Reason).Int("rejected_len", res.RejectedLen).

@@ -67,7 +67,7 @@ func (g *Gateway) proxy(ctx *fasthttp.RequestCtx, x *exchange, keyInAuthorizatio
 		g.reject(ctx, x, upstreamError(err))
 		return false
 	}
-	req := fasthttp.AcquireRequest()
+	req := acquireOutbound()
 	g.outboundRequest(ctx, x, req, keyInAuthorization)
 	req.SetBodyRaw(ctx.Request.Body())
 	resp := fasthttp.AcquireResponse()
@@ -89,6 +89,17 @@ func (g *Gateway) proxy(ctx *fasthttp.RequestCtx, x *exchange, keyInAuthorizatio
 			Float64("ttfb_ms", ms(x.ttfb)).Msg("upstream first byte")
 	}
 	return g.relay(ctx, x, resp, release, nil)
+}
+
+// acquireOutbound returns a pooled request for the upstream that writes
+// header names as they are set. They need no normalising: the server has
+// normalised the client's, and the gateway's own are spelled as documented
+// (X-Correlation-ID). Normalising them again cost a tenth of the gateway's
+// own work on a small request (callgrind).
+func acquireOutbound() *fasthttp.Request {
+	req := fasthttp.AcquireRequest()
+	req.Header.DisableNormalizing()
+	return req
 }
 
 // upstreamFailed answers a request whose upstream call failed before any
