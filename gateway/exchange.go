@@ -3,6 +3,7 @@ package gateway
 import (
 	"net"
 	"net/netip"
+	"strconv"
 	"sync"
 	"time"
 
@@ -145,17 +146,28 @@ func (x *exchange) finish() {
 		e = g.log.WithLevel(lvl)
 	}
 	if e != nil {
-		e.Str("correlation_id", x.id).
-			Bytes("trace_id", x.trace.TraceID[:]).
-			Str("method", x.method).
-			Str("route", x.route.name).
-			Bytes("path", x.path).
-			Int("status", x.status).
-			Str("outcome", x.outcome).
-			Float64("duration_ms", ms(dur)).
-			Float64("ttfb_ms", ms(x.ttfb)).
-			Float64("queue_wait_ms", ms(x.queueWait)).
-			Int("bytes_in", x.bytesIn).
+		// Values that need no JSON escaping (IDs, hex, the gateway's own
+		// constants) are quoted here and numbers formatted here, then copied
+		// in raw: zerolog's escaping and float formatting were over half of
+		// the line's cost (callgrind). x.scratch carries each one in turn.
+		x.scratch = quoteSafe(x.scratch[:0], x.id)
+		e.RawJSON("correlation_id", x.scratch)
+		x.scratch = quoteSafe(x.scratch[:0], x.trace.TraceID[:])
+		e.RawJSON("trace_id", x.scratch)
+		x.scratch = quoteSafe(x.scratch[:0], x.method)
+		e.RawJSON("method", x.scratch)
+		x.scratch = quoteSafe(x.scratch[:0], x.route.name)
+		e.RawJSON("route", x.scratch)
+		e.Bytes("path", x.path).Int("status", x.status)
+		x.scratch = quoteSafe(x.scratch[:0], x.outcome)
+		e.RawJSON("outcome", x.scratch)
+		x.scratch = appendMillis(x.scratch[:0], dur)
+		e.RawJSON("duration_ms", x.scratch)
+		x.scratch = appendMillis(x.scratch[:0], x.ttfb)
+		e.RawJSON("ttfb_ms", x.scratch)
+		x.scratch = appendMillis(x.scratch[:0], x.queueWait)
+		e.RawJSON("queue_wait_ms", x.scratch)
+		e.Int("bytes_in", x.bytesIn).
 			Int64("bytes_out", x.bytesOut).
 			Str("upstream", g.pool.URL()).
 			Bytes("remote_ip", x.remoteText()) // pooled text; IPAddr would allocate a string per line
@@ -163,7 +175,8 @@ func (x *exchange) finish() {
 			e.Int("upstream_status", x.upstreamStatus)
 		}
 		if x.streamed {
-			e.Bool("stream", true).Int("frames_out", x.frames).Float64("ttft_ms", ms(x.ttft))
+			x.scratch = appendMillis(x.scratch[:0], x.ttft)
+			e.Bool("stream", true).Int("frames_out", x.frames).RawJSON("ttft_ms", x.scratch)
 		}
 		if x.retries > 0 {
 			e.Int("retries", x.retries)
@@ -201,3 +214,38 @@ func (x *exchange) remoteText() []byte {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// quoteSafe appends s as a JSON string, for values that cannot hold a byte
+// JSON escapes: a correlation ID (trace.Valid's alphabet, or a UUID), hex,
+// and the gateway's own method, route and outcome names.
+func quoteSafe[T string | []byte](dst []byte, s T) []byte {
+	dst = append(dst, '"')
+	dst = append(dst, s...)
+	return append(dst, '"')
+}
+
+// appendMillis appends d in milliseconds with microsecond precision, as
+// zerolog writes ms(d) (strconv's shortest 'f' form: "12.34", "0.001", "3")
+// but for a tenth of the cost: three floats were an eighth of the access
+// line's (callgrind). Event.RawJSON copies it, so one buffer serves every
+// field.
+func appendMillis(dst []byte, d time.Duration) []byte {
+	us := d.Microseconds()
+	if us < 0 {
+		dst = append(dst, '-')
+		us = -us
+	}
+	dst = strconv.AppendInt(dst, us/1000, 10)
+	frac := us % 1000
+	if frac == 0 {
+		return dst
+	}
+	dst = append(dst, '.', byte('0'+frac/100))
+	if frac%100 != 0 {
+		dst = append(dst, byte('0'+frac/10%10))
+		if frac%10 != 0 {
+			dst = append(dst, byte('0'+frac%10))
+		}
+	}
+	return dst
+}
