@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"net"
 	"net/netip"
 	"strconv"
@@ -87,6 +88,12 @@ func methodString(m []byte) string {
 	return "OTHER"
 }
 
+var (
+	nameCorrelationID = []byte(trace.HeaderCorrelationID)
+	nameRequestID     = []byte(trace.HeaderRequestID)
+	nameTraceparent   = []byte(trace.HeaderTraceparent)
+)
+
 func (g *Gateway) newExchange(ctx *fasthttp.RequestCtx) *exchange {
 	x := exchangePool.Get().(*exchange)
 	// Keep the pooled buffers across the reset.
@@ -95,14 +102,31 @@ func (g *Gateway) newExchange(ctx *fasthttp.RequestCtx) *exchange {
 		scratch: scratch, goneFn: goneFn, conn: ctx.Conn()}
 	// Behind a trusted proxy the client is in its X-Forwarded-For (B-61).
 	x.remote = g.clientIP(x.remote, &ctx.Request.Header)
-	// PeekAll reuses one slice per header, so each header's values are
-	// picked from before the next PeekAll (arguments run left to right);
-	// the picked value points into the header buffer, not that slice.
-	res := trace.Resolve(trace.Pick(ctx.Request.Header.PeekAll(trace.HeaderCorrelationID)),
-		trace.Pick(ctx.Request.Header.PeekAll(trace.HeaderRequestID)))
+	// One walk over the headers finds the IDs: three lookups would each
+	// normalise the name and scan every header. The values point into the
+	// header buffer, which nothing changes before they are copied.
+	var correlation, requestID trace.Picker
+	var traceparent []byte
+	for k, v := range ctx.Request.Header.All() {
+		switch len(k) {
+		case len(trace.HeaderCorrelationID):
+			if bytes.EqualFold(k, nameCorrelationID) {
+				correlation.Add(v)
+			}
+		case len(trace.HeaderRequestID):
+			if bytes.EqualFold(k, nameRequestID) {
+				requestID.Add(v)
+			}
+		case len(trace.HeaderTraceparent):
+			if traceparent == nil && bytes.EqualFold(k, nameTraceparent) {
+				traceparent = v
+			}
+		}
+	}
+	res := trace.Resolve(correlation.Value(), requestID.Value())
 	x.id = res.ID
 	x.idReplaced = res.Replaced
-	x.trace.ParseTraceparent(ctx.Request.Header.Peek(trace.HeaderTraceparent))
+	x.trace.ParseTraceparent(traceparent)
 	x.traceparent = x.trace.AppendTraceparent(tp)
 	x.method = methodString(ctx.Method())
 	x.bytesIn = len(ctx.Request.Header.RawHeaders()) + len(ctx.Request.Body())

@@ -63,17 +63,35 @@ func lower(buf *[64]byte, k []byte) ([]byte, bool) {
 // so `Connection: X-Correlation-ID` cannot remove them (CVE-2021-33197).
 func copyRequestHeaders(in, out *fasthttp.RequestHeader, dropAuthorization bool) {
 	out.SetMethodBytes(in.Method())
-	named := in.PeekAll("Connection")
 	var buf [64]byte
+	sawConnection := false
 	for k, v := range in.All() {
 		lk, ok := lower(&buf, k)
 		if ok && (dropOnRequest[string(lk)] || dropAuthorization && string(lk) == "authorization") {
-			continue
-		}
-		if len(named) > 0 && connectionNames(named, k) {
+			sawConnection = sawConnection || string(lk) == "connection"
 			continue
 		}
 		out.AddBytesKV(k, v)
+	}
+	if sawConnection {
+		// Rare enough (most clients send none, or "keep-alive", which
+		// names a header dropped anyway) to be undone afterwards rather
+		// than looked up before every request.
+		dropNamed(out, in.PeekAll("Connection"))
+	}
+}
+
+// dropNamed deletes the headers of h named by the Connection values, in the
+// spelling h stores them in.
+func dropNamed(h *fasthttp.RequestHeader, named [][]byte) {
+	var drop [][]byte
+	for k := range h.All() {
+		if connectionNames(named, k) {
+			drop = append(drop, append([]byte(nil), k...)) // k is h's own storage, which Del moves
+		}
+	}
+	for _, k := range drop {
+		h.DelBytes(k)
 	}
 }
 

@@ -86,15 +86,37 @@ type Resolution struct {
 // Resolve can say why it was refused. It returns nil for no values. It does
 // not allocate: the result is one of values.
 func Pick(values [][]byte) []byte {
+	var p Picker
 	for _, v := range values {
-		if Valid(v) {
-			return v
-		}
+		p.Add(v)
 	}
-	if len(values) == 0 {
-		return nil
+	return p.Value()
+}
+
+// Picker is Pick fed one value at a time, for a caller that walks the
+// request's headers once rather than looking each name up (a lookup
+// normalises the name and scans every header).
+type Picker struct {
+	first, valid []byte
+	seen         bool
+}
+
+// Add offers the next value of the header, in the order the client sent it.
+func (p *Picker) Add(v []byte) {
+	if !p.seen {
+		p.first, p.seen = v, true
 	}
-	return values[0]
+	if p.valid == nil && Valid(v) {
+		p.valid = v
+	}
+}
+
+// Value is Pick's answer for the values added so far.
+func (p *Picker) Value() []byte {
+	if p.valid != nil {
+		return p.valid
+	}
+	return p.first
 }
 
 // Resolve picks the request's correlation ID from the client's headers: the
