@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
 	"github.com/vega-gateway/vega-gateway/pool"
 )
@@ -98,4 +99,29 @@ func TestSlowFirstByteStillServed(t *testing.T) {
 		t.Errorf("first-byte timeout of 250 ms took %v: polling must not restart the clock", d)
 	}
 	e.wantOutcome(t, "slow-first-byte", "upstream_timeout")
+}
+
+// TestClientGoneAfterReadTimeout is F-18 for a wait longer than
+// gateway.read_timeout: the read deadline fasthttp armed for the request
+// has passed by then, which must not blind the check (a poll of a socket
+// whose read deadline has passed fails before it looks).
+func TestClientGoneAfterReadTimeout(t *testing.T) {
+	e := startEnv(t, envOptions{
+		gateway:  gateway.Config{ReadTimeout: 200 * time.Millisecond},
+		fake:     ollamatest.Config{LoadDelay: 5 * time.Second},
+		upstream: pool.UpstreamConfig{FirstByteTimeout: 30 * time.Second},
+	})
+	c, err := net.Dial("tcp", e.url[len("http://"):])
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := `{"model":"llama3.2","prompt":"hi","stream":false}`
+	fmt.Fprintf(c, "POST /api/generate HTTP/1.1\r\nHost: x\r\nX-Correlation-ID: gone-late\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	waitFor(t, 2*time.Second, "upstream call in flight", func() bool { return e.pool.Stats().InFlight.Load() == 1 })
+	time.Sleep(500 * time.Millisecond) // past read_timeout, still loading
+	left := time.Now()
+	c.Close()
+	waitFor(t, 2*time.Second, "upstream connection closed", func() bool { return e.fake.Stats().ClientCancelled == 1 })
+	t.Logf("upstream closed %v after the client left", time.Since(left).Round(time.Millisecond))
+	e.wantOutcome(t, "gone-late", "client_closed")
 }
