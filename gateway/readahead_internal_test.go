@@ -114,3 +114,72 @@ func TestClientSockWriteTo(t *testing.T) {
 		t.Fatalf("got %q, want %q", got, sent)
 	}
 }
+
+// TestClientSockReadDeadline checks the lazy read deadline: asked-for
+// deadlines reach the socket before the next read that needs it, an
+// earlier one always, a later one only when it moves by more than an
+// eighth of the wait; and a deadline that passes still ends a read.
+func TestClientSockReadDeadline(t *testing.T) {
+	s, c := tcpPair(t)
+	readByte := func() error {
+		var b [1]byte
+		_, err := s.Read(b[:])
+		return err
+	}
+	send := func(b string) {
+		if _, err := c.Write([]byte(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// The first deadline is applied by the read that reaches the socket.
+	idle := time.Now().Add(8 * time.Second)
+	s.SetReadDeadline(idle)
+	if s.armed != 0 {
+		t.Fatal("applied before a read needed it")
+	}
+	send("abc")
+	if err := readByte(); err != nil || s.armed != idle.UnixNano() {
+		t.Fatalf("err %v, armed %d, want %d", err, s.armed, idle.UnixNano())
+	}
+	// A deadline asked for while bytes are read ahead waits for the read
+	// that needs the socket: none does here.
+	s.SetReadDeadline(time.Now().Add(time.Second))
+	for range 2 {
+		if err := readByte(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s.armed != idle.UnixNano() {
+		t.Fatal("applied for a read served from the read-ahead buffer")
+	}
+
+	for _, tc := range []struct {
+		name    string
+		readBy  time.Time
+		applied bool
+	}{
+		{"slightly later: kept", idle.Add(500 * time.Millisecond), false},
+		{"later by more than an eighth: applied", idle.Add(2 * time.Second), true},
+		{"earlier: applied", time.Now().Add(5 * time.Second), true},
+		{"none: applied", time.Time{}, true},
+		{"one again after none: applied", time.Now().Add(8 * time.Second), true},
+	} {
+		before := s.armed
+		s.SetReadDeadline(tc.readBy)
+		send("x")
+		if err := readByte(); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if applied := s.armed != before; applied != tc.applied || applied && s.armed != unixNanoOrZero(tc.readBy) {
+			t.Errorf("%s: armed %d (was %d), want applied=%v", tc.name, s.armed, before, tc.applied)
+		}
+	}
+
+	// A deadline that passes ends a read that waits.
+	s.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	var ne net.Error
+	if err := readByte(); !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("read past the deadline: %v, want a timeout", err)
+	}
+}
