@@ -46,6 +46,8 @@ func main() {
 		bare        = flag.Bool("bare", false, "add a column: a bare fasthttp proxy (Server handler calling HostClient.Do; no auth, IDs, logs, metrics, limits) — what fasthttp itself costs")
 		pin         = flag.Bool("pin", true, "with taskset and 2+ CPUs: servers on CPU 0, load generator on CPU 1")
 		syscalls    = flag.Bool("syscalls", false, "add rows: each server's system calls per request (nonstream, chat) and per frame (stream200), counted with perf stat on the kernel's syscall tracepoints")
+		instr       = flag.Bool("instructions", false, "instead of the timed table: each proxy's user-space instructions per request, per stream and per frame, counted under valgrind's callgrind (steady to ±1 % where times move ±30 %)")
+		instrReqs   = flag.Int("instructions-requests", 3000, "-instructions: non-stream requests counted (streams: a tenth as many of each length)")
 
 		serveMode = flag.Bool("serve", false, "internal: run the servers for the parent process")
 		sf        serveFlags
@@ -155,6 +157,18 @@ func main() {
 		pinning = "servers (fake, nginx, gateways: each its own process) pinned to CPU 0, load generator to CPU 1"
 	}
 	fmt.Printf("%s\n\n", machine())
+	if *instr {
+		if *instrReqs < 10 || *instrReqs > 100_000 {
+			fmt.Fprintln(os.Stderr, "bench: -instructions-requests must be 10..100000")
+			os.Exit(2)
+		}
+		load := instructionLoad{requests: *instrReqs, streams: max(1, *instrReqs/10), conns: *conns}
+		if err := runInstructions(load, withNginx, *bare, serverCPU, dir); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: -instructions:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := raiseNofile(uint64(*scaleN + 1000)); err != nil {
 		fmt.Fprintln(os.Stderr, "bench: open-file limit:", err)
 	}

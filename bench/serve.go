@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -200,8 +201,9 @@ func (c *child) goroutines() int {
 	}
 }
 
-// spawn starts one child, pinned to cpu when cpu >= 0.
-func spawn(f serveFlags, cpu int) (*stack, error) {
+// spawn starts one child, pinned to cpu when cpu >= 0, under the command
+// wrap when given (valgrind, for -instructions).
+func spawn(f serveFlags, cpu int, wrap ...string) (*stack, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -211,6 +213,7 @@ func spawn(f serveFlags, cpu int) (*stack, error) {
 		"-serve-maxconns", strconv.Itoa(f.maxConns), "-serve-maxqueue", strconv.Itoa(f.maxQueue),
 		"-serve-nginxconns", strconv.Itoa(f.nginxConns), "-serve-dir", f.dir,
 		"-serve-upstream", f.upstream}
+	args = append(slices.Clone(wrap), args...)
 	if cpu >= 0 {
 		args = append([]string{"taskset", "-c", strconv.Itoa(cpu)}, args...)
 	}
