@@ -111,6 +111,9 @@ func (c *ollamaChunk) timings() ChatTimings {
 // (Ollama writes the metrics after "done"); done_reason, which /api/chat
 // writes just before "done", is looked for in the few bytes before it.
 func readFinalChunk(x *exchange, frame []byte) {
+	if endsDoneFalse(frame) {
+		return // every frame of a stream but the last: skip the search
+	}
 	d := indexDoneTrue(frame)
 	if d < 0 {
 		return
@@ -121,6 +124,18 @@ func readFinalChunk(x *exchange, frame []byte) {
 		c.DoneReason = jsonString(frame[max(0, d-finalChunkLookBack):d], `"done_reason":"`)
 	}
 	x.noteFinal(&c)
+}
+
+var doneFalseEnd = []byte(`"done":false}`)
+
+// endsDoneFalse reports whether frame is an object whose last member is
+// "done":false, as Ollama writes every chunk but the last: the closing
+// brace at the very end is the top-level object's, so that "done" is the
+// top-level one. Searching such a frame for "done":true cost ~900
+// instructions per frame, a fifth of the gateway's work per frame (bench
+// -instructions). Any other spelling gets the full search.
+func endsDoneFalse(frame []byte) bool {
+	return bytes.HasSuffix(bytes.TrimRight(frame, " \t\r\n"), doneFalseEnd)
 }
 
 // finalChunkLookBack is how far before "done":true done_reason may start:
