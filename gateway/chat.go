@@ -135,7 +135,11 @@ var doneFalseEnd = []byte(`"done":false}`)
 // instructions per frame, a fifth of the gateway's work per frame (bench
 // -instructions). Any other spelling gets the full search.
 func endsDoneFalse(frame []byte) bool {
-	return bytes.HasSuffix(bytes.TrimRight(frame, " \t\r\n"), doneFalseEnd)
+	end := len(frame)
+	for end > 0 && (frame[end-1] == '\n' || frame[end-1] == '\r' || frame[end-1] == ' ' || frame[end-1] == '\t') {
+		end-- // bytes.TrimRight builds its cutset's table on every call
+	}
+	return bytes.HasSuffix(frame[:end], doneFalseEnd)
 }
 
 // finalChunkLookBack is how far before "done":true done_reason may start:

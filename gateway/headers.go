@@ -134,15 +134,30 @@ func stripResponseHop(h *fasthttp.ResponseHeader) {
 	if hops == 0 {
 		return
 	}
-	var drop [][]byte
+	// The names to delete are copied (k is the header's own storage, which
+	// Del moves), into a buffer on the stack for the usual one or two:
+	// Transfer-Encoding of every chunked stream.
+	var names [256]byte
+	var spans [8][2]int
+	drop, n := names[:0], 0
+	var more [][]byte
 	for k := range h.All() {
 		lk, ok := lower(&buf, k)
 		if _, hop := hopIndex[string(lk)]; ok && hop || len(named) > 0 && connectionNames([][]byte{named}, k) &&
 			!bytes.EqualFold(k, []byte(trace.HeaderCorrelationID)) {
-			drop = append(drop, append([]byte(nil), k...)) // k is the header's own storage, which Del moves
+			if n < len(spans) && len(drop)+len(k) <= cap(drop) {
+				spans[n] = [2]int{len(drop), len(drop) + len(k)}
+				drop = append(drop, k...)
+				n++
+			} else {
+				more = append(more, append([]byte(nil), k...))
+			}
 		}
 	}
-	for _, k := range drop {
+	for _, sp := range spans[:n] {
+		h.DelBytes(drop[sp[0]:sp[1]])
+	}
+	for _, k := range more {
 		h.DelBytes(k)
 	}
 }

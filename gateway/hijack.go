@@ -38,7 +38,8 @@ func (g *Gateway) sendStream(ctx *fasthttp.RequestCtx, s *stream) {
 	if len(h.Server()) == 0 {
 		h.SetServer(g.server.Name) // fasthttp adds it after the handler, to what it writes
 	}
-	s.head = h.AppendBytes(nil)
+	// Sized once: appending to nil grew it four times per stream.
+	s.head = h.AppendBytes(make([]byte, 0, streamHeadBytes))
 	g.hijacked.Add(1)
 	ctx.HijackSetNoResponse(true)
 	// fasthttp calls the hijack handler on a goroutine of its own and keeps
@@ -48,6 +49,10 @@ func (g *Gateway) sendStream(ctx *fasthttp.RequestCtx, s *stream) {
 	// connection is closed, and nothing closes it before this point.
 	ctx.Hijack(s.startHijacked)
 }
+
+// streamHeadBytes holds a stream response's status line and headers as
+// Ollama's are relayed (about 250 bytes) with room to spare.
+const streamHeadBytes = 512
 
 // startHijacked is the hijack handler: c is the client connection, which
 // the stream now owns (Server.KeepHijackedConns).
