@@ -41,7 +41,9 @@ type Config struct {
 	// slow-loris clock). Default DefaultReadTimeout.
 	ReadTimeout time.Duration `mapstructure:"read_timeout"`
 	// KeepAliveTimeout closes a client connection idle this long between
-	// requests. Default DefaultKeepAliveTimeout.
+	// requests (between 7/8 of it and all of it: the deadline is re-armed
+	// only when it has moved by an eighth, readahead.go). Default
+	// DefaultKeepAliveTimeout.
 	KeepAliveTimeout time.Duration `mapstructure:"keepalive_timeout"`
 	// WriteIdleTimeout closes a streaming response whose client has not
 	// taken a frame for this long. Default DefaultWriteIdleTimeout.
