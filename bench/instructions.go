@@ -100,15 +100,7 @@ func runInstructions(load instructionLoad, withNginx, withBare bool, cpu int, di
 		"of %d and of %d tokens, %d connections, after a warm-up; the servers run one at a time under valgrind, so "+
 		"nothing here is a time\n\n", load.requests, load.streams, shortStreamTokens, longStreamTokens, load.conns)
 	var b strings.Builder
-	b.WriteString("| instructions |")
-	for _, n := range names {
-		b.WriteString(" " + n + " |")
-	}
-	b.WriteString("\n|---|")
-	for range names {
-		b.WriteString("---:|")
-	}
-	b.WriteString("\n")
+	b.WriteString(tableHeader([]string{"instructions"}, names) + "\n")
 	row := func(label string, get func(instructionCounts) float64) {
 		b.WriteString("| " + label + " |")
 		for _, c := range counts {

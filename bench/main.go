@@ -243,13 +243,23 @@ func tablesNames(withNginx, withBare bool) []string {
 	return names
 }
 
-func header(names []string) string {
+func header(names []string) string { return tableHeader([]string{"case", "metric"}, names) }
+
+// tableHeader renders a markdown table's first two lines: label columns,
+// then one right-aligned column per name.
+func tableHeader(labels, names []string) string {
 	var b strings.Builder
-	b.WriteString("| case | metric |")
+	b.WriteString("|")
+	for _, l := range labels {
+		b.WriteString(" " + l + " |")
+	}
 	for _, n := range names {
 		b.WriteString(" " + n + " |")
 	}
-	b.WriteString("\n|---|---|")
+	b.WriteString("\n|")
+	for range labels {
+		b.WriteString("---|")
+	}
 	for range names {
 		b.WriteString("---:|")
 	}

@@ -115,7 +115,8 @@ func connectionNames(values [][]byte, key []byte) bool {
 // "keep-alive").
 func stripResponseHop(h *fasthttp.ResponseHeader) {
 	// First find whether there is anything to remove, in one pass: a Del
-	// scans every header, and Ollama sends none of them.
+	// scans every header, and Ollama's replies have none of them but a
+	// stream's Transfer-Encoding.
 	var buf [64]byte
 	var named []byte // the Connection values, comma-joined
 	hops := 0
