@@ -176,7 +176,9 @@ func TestDrainWaitsForStreams(t *testing.T) {
 func TestConnectionLimitCountsStreams(t *testing.T) {
 	const limit = 3
 	e := startEnv(t, envOptions{
-		fake:    ollamatest.Config{Tokens: 20, TokenDelay: 20 * time.Millisecond},
+		// Streams of 2 s: all three must still be running when the fourth
+		// connection comes, however slowly a loaded machine starts them.
+		fake:    ollamatest.Config{Tokens: 20, TokenDelay: 100 * time.Millisecond},
 		gateway: gateway.Config{MaxClientConnections: limit},
 	})
 	addr := strings.TrimPrefix(e.url, "http://")
