@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -13,7 +14,7 @@ import (
 
 // sendStream hands a framed stream its response. The connection is taken
 // off fasthttp's worker (hijacked): the stream runs on a goroutine of its
-// own, writes each batch of frames with one writev straight onto the
+// own, writes each batch of frames with one system call straight onto the
 // socket, and hands the connection back to the server when it ends. While
 // it runs, the stream holds no RequestCtx, no server write buffer and no
 // worker parked deep in fasthttp's serve loop: with thousands of slow
@@ -201,10 +202,12 @@ func (c *clientConn) SyscallConn() (syscall.RawConn, error) {
 }
 
 // chunkWriter frames each Write as one HTTP/1.1 chunk and sends it with a
-// single writev: the chunk-size line, the frames (read in place from the
-// framer's buffer, never copied) and the CRLF — preceded, the first time,
-// by the response head, so the head and the first frame leave together as
-// Ollama sends them. With raw set (HTTP/1.0) the frames go unframed.
+// single system call: the chunk-size line, the frames and the CRLF —
+// preceded, the first time, by the response head, so the head and the
+// first frame leave together as Ollama sends them. Up to smallWriteBytes
+// (a token's frame is ~150 bytes) they are copied into one pooled buffer
+// and written; bigger ones go with writev, read in place from the framer's
+// buffer. With raw set (HTTP/1.0) the frames go unframed.
 type chunkWriter struct {
 	conn net.Conn
 	head []byte
@@ -247,7 +250,22 @@ func (w *chunkWriter) finish() error {
 	return w.send(lastChunk, nil, nil)
 }
 
+// smallWriteBytes: a write this small is copied into one buffer and sent
+// with write(2); writev's per-call work (the iovec array, net.Buffers'
+// bookkeeping) costs more than copying a token's frame.
+const smallWriteBytes = 2 << 10
+
+var smallWritePool = sync.Pool{New: func() any { return new([smallWriteBytes]byte) }}
+
 func (w *chunkWriter) send(a, b, c []byte) error {
+	if len(w.head)+len(a)+len(b)+len(c) <= smallWriteBytes {
+		buf := smallWritePool.Get().(*[smallWriteBytes]byte)
+		p := append(append(append(append(buf[:0], w.head...), a...), b...), c...)
+		w.head = nil
+		_, err := w.conn.Write(p)
+		smallWritePool.Put(buf)
+		return err
+	}
 	w.iov = [4][]byte{w.head, a, b, c}
 	w.bufs = w.iov[:]
 	w.head = nil
