@@ -104,8 +104,11 @@ const servingStack = 8 << 10
 // it: the stack then grew in the middle of that request, where copying it
 // meant walking some thirty frames, ~17,000 instructions per stream, a
 // twelfth of a stream's whole cost (bench -instructions). Grown here, the
-// copy walks three. The memory is the goroutine's only while it serves; a
-// stream's goroutine that is still streaming never grew.
+// copy walks three. Only a goroutine that serves a connection after its
+// stream holds the bigger stack (until the next stream takes the
+// connection or it closes; the collector halves a stack that stays mostly
+// unused); a goroutine still streaming never grew, so memory per stream
+// is unchanged.
 //
 // The index comes from the caller so that the compiler must keep the
 // frame: the frame is what grows the stack.
