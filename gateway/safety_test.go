@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
@@ -143,6 +144,52 @@ func TestClocks(t *testing.T) {
 		b, _ := io.ReadAll(c)
 		if statusOf(string(b)) != "408" || time.Since(start) > 2*time.Second {
 			t.Fatalf("after %s: %q", time.Since(start), b)
+		}
+	})
+	t.Run("idle keep-alive connection", func(t *testing.T) {
+		// keepalive_timeout closes a connection idle that long, not one in
+		// use: the read deadline is re-armed lazily (readahead.go), so the
+		// idle clock runs 7/8 of the setting to all of it from the last
+		// request, never from the first.
+		const keepAlive = 400 * time.Millisecond
+		e := startEnv(t, envOptions{gateway: gateway.Config{KeepAliveTimeout: keepAlive}})
+		c, err := net.Dial("tcp", strings.TrimPrefix(e.url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		ask := func() {
+			t.Helper()
+			if _, err := io.WriteString(c, tagsRequest); err != nil {
+				t.Fatal(err)
+			}
+			_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("request on a kept-alive connection: %v", err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		// Busy for longer than the timeout, with requests close enough
+		// together (20 ms, under an eighth of it) that most keep the
+		// deadline already armed.
+		for i := range 30 {
+			if i > 0 {
+				time.Sleep(20 * time.Millisecond)
+			}
+			ask()
+		}
+		idleFrom := time.Now()
+		_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		if _, err := br.ReadByte(); err != io.EOF {
+			t.Fatalf("idle connection: %v, want it closed (EOF)", err)
+		}
+		idle := time.Since(idleFrom)
+		t.Logf("closed after %v idle", idle.Round(time.Millisecond))
+		if idle < keepAlive*7/8-20*time.Millisecond || idle > 2*time.Second {
+			t.Fatalf("closed after %v idle, want 7/8 of %v to about all of it", idle, keepAlive)
 		}
 	})
 	t.Run("max stream duration", func(t *testing.T) {
