@@ -234,10 +234,8 @@ func instructionLoadRun(addr string, conns, n int, body []byte, stream bool) err
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			req := newRequest(addr, "/api/chat", body)
-			defer fasthttp.ReleaseRequest(req)
-			resp := fasthttp.AcquireResponse()
-			defer fasthttp.ReleaseResponse(resp)
+			req, resp, release := newCall(addr, "/api/chat", body)
+			defer release()
 			br := bufio.NewReaderSize(nil, 16<<10)
 			var gaps []time.Duration
 			for left.Add(-1) >= 0 {

@@ -49,13 +49,16 @@ func newClient(addr string, conns int, stream bool) *fasthttp.HostClient {
 	}
 }
 
-func newRequest(addr, path string, body []byte) *fasthttp.Request {
+// newCall returns a load worker's pooled request (POST path with body, JSON)
+// and response; release gives both back.
+func newCall(addr, path string, body []byte) (*fasthttp.Request, *fasthttp.Response, func()) {
 	req := fasthttp.AcquireRequest()
 	req.Header.SetMethod(fasthttp.MethodPost)
 	req.SetRequestURI("http://" + addr + path)
 	req.Header.SetContentType("application/json")
 	req.SetBodyRaw(body)
-	return req
+	resp := fasthttp.AcquireResponse()
+	return req, resp, func() { fasthttp.ReleaseRequest(req); fasthttp.ReleaseResponse(resp) }
 }
 
 // failures counts failed requests and keeps the first reason.
@@ -101,10 +104,8 @@ func runNonStream(t target, conns int, warmup, d time.Duration, vega bool) resul
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			req := newRequest(addr, path, body)
-			defer fasthttp.ReleaseRequest(req)
-			resp := fasthttp.AcquireResponse()
-			defer fasthttp.ReleaseResponse(resp)
+			req, resp, release := newCall(addr, path, body)
+			defer release()
 			var id, want []byte
 			for i := range maxRequestsPerWorker {
 				if vega {
@@ -220,10 +221,8 @@ func runStream(t target, conc, tokens int, pacing, warmup, d time.Duration) resu
 		go func() {
 			defer wg.Done()
 			time.Sleep(streamLen * time.Duration(w) / time.Duration(conc))
-			req := newRequest(addr, "/api/chat", streamBody)
-			defer fasthttp.ReleaseRequest(req)
-			resp := fasthttp.AcquireResponse()
-			defer fasthttp.ReleaseResponse(resp)
+			req, resp, release := newCall(addr, "/api/chat", streamBody)
+			defer release()
 			br := bufio.NewReaderSize(nil, 16<<10)
 			var myGaps []time.Duration
 			for range maxRequestsPerWorker {
