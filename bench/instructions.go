@@ -45,17 +45,31 @@ const (
 	longStreamTokens  = 100
 )
 
+// The paced load: streams of shortStreamTokens with this gap between
+// tokens, as a model sends them, over fewer connections so that a proxy
+// slowed down fifty times by valgrind still gets its frames one by one.
+// Unpaced, the frames of a stream arrive together and are read together,
+// so the other rows miss what a proxy spends waiting for each token: the
+// wake-up, the deadline re-armed, a stack grown while parked.
+const (
+	pacedTokenGap = 5 * time.Millisecond
+	pacedConns    = 5
+)
+
 var (
-	instrChatBody   = []byte(`{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"stream":false}`)
-	instrShortBody  = []byte(fmt.Sprintf(`{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"options":{"num_predict":%d}}`, shortStreamTokens))
-	instrLongBody   = []byte(`{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}`)
-	errNoCallgrind  = errors.New("valgrind not found (apt-get install valgrind)")
-	callgrindTotals = []byte("totals:")
+	instrChatBody  = []byte(`{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"stream":false}`)
+	instrShortBody = []byte(fmt.Sprintf(`{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"options":{"num_predict":%d}}`, shortStreamTokens))
+	instrLongBody  = []byte(`{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}`)
+	// The paced fake's warm-up: one token, so it waits one gap, not a
+	// hundred.
+	instrPacedWarmBody = []byte(`{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"stream":false,"options":{"num_predict":1}}`)
+	errNoCallgrind     = errors.New("valgrind not found (apt-get install valgrind)")
+	callgrindTotals    = []byte("totals:")
 )
 
 // instructionCounts are one proxy's results, in instructions.
 type instructionCounts struct {
-	perRequest, perShortStream, perLongStream float64
+	perRequest, perShortStream, perLongStream, perPacedStream float64
 }
 
 // perFrame is what one more frame of a stream costs.
@@ -74,7 +88,15 @@ func runInstructions(load instructionLoad, withNginx, withBare bool, cpu int, di
 		return fmt.Errorf("fake: %w", err)
 	}
 	defer fake.close()
-	upstream := fake.targets[0].addr
+	paced, err := spawn(serveFlags{role: roleFake, tokens: longStreamTokens, delay: pacedTokenGap, dir: dir}, cpu)
+	if err != nil {
+		return fmt.Errorf("paced fake: %w", err)
+	}
+	defer paced.close()
+	upstreams := [2]instrUpstream{
+		{fake.targets[0].addr, load.conns, instrChatBody},
+		{paced.targets[0].addr, pacedConns, instrPacedWarmBody},
+	}
 
 	roles := []string{}
 	if withNginx {
@@ -87,7 +109,7 @@ func runInstructions(load instructionLoad, withNginx, withBare bool, cpu int, di
 	var names []string
 	var counts []instructionCounts
 	for _, role := range roles {
-		name, c, err := countInstructions(role, upstream, load, cpu, dir)
+		name, c, err := countInstructions(role, upstreams, load, cpu, dir)
 		if err != nil {
 			return fmt.Errorf("%s: %w", role, err)
 		}
@@ -97,8 +119,9 @@ func runInstructions(load instructionLoad, withNginx, withBare bool, cpu int, di
 	}
 
 	fmt.Printf("callgrind, user-space instructions of each proxy's process(es); %d non-stream requests and %d streams "+
-		"of %d and of %d tokens, %d connections, after a warm-up; the servers run one at a time under valgrind, so "+
-		"nothing here is a time\n\n", load.requests, load.streams, shortStreamTokens, longStreamTokens, load.conns)
+		"of %d and of %d tokens, %d connections, and as many of %d tokens %v apart over %d connections, after a "+
+		"warm-up; the servers run one at a time under valgrind, so nothing here is a time\n\n", load.requests, load.streams,
+		shortStreamTokens, longStreamTokens, load.conns, shortStreamTokens, pacedTokenGap, pacedConns)
 	var b strings.Builder
 	b.WriteString(tableHeader([]string{"instructions"}, names) + "\n")
 	row := func(label string, get func(instructionCounts) float64) {
@@ -111,6 +134,7 @@ func runInstructions(load instructionLoad, withNginx, withBare bool, cpu int, di
 	row("per non-stream request", func(c instructionCounts) float64 { return c.perRequest })
 	row(fmt.Sprintf("per stream of %d tokens", shortStreamTokens), func(c instructionCounts) float64 { return c.perShortStream })
 	row("per further frame", instructionCounts.perFrame)
+	row(fmt.Sprintf("per stream of %d tokens, %v apart", shortStreamTokens, pacedTokenGap), func(c instructionCounts) float64 { return c.perPacedStream })
 	fmt.Print(b.String())
 	return nil
 }
@@ -121,27 +145,36 @@ func runInstructions(load instructionLoad, withNginx, withBare bool, cpu int, di
 // warm-up and shutdown cancel out. (Switching the count on and off with
 // callgrind_control instead would need every process to take the command:
 // nginx's worker, asleep in epoll_wait, does not until a request comes.)
-func countInstructions(role, upstream string, load instructionLoad, cpu int, dir string) (string, instructionCounts, error) {
+// The paced load runs against the paced fake, by difference with a
+// warm-up-only run of its own.
+func countInstructions(role string, upstreams [2]instrUpstream, load instructionLoad, cpu int, dir string) (string, instructionCounts, error) {
 	var c instructionCounts
-	name, base, err := instructionRun(role, upstream, load.conns, cpu, dir, 0, nil, false)
-	if err != nil {
-		return "", c, fmt.Errorf("warm-up only: %w", err)
+	var name string
+	var base [2]int64
+	for i, up := range upstreams {
+		var err error
+		name, base[i], err = instructionRun(role, up, cpu, dir, 0, nil, false)
+		if err != nil {
+			return "", c, fmt.Errorf("warm-up only: %w", err)
+		}
 	}
 	for _, step := range []struct {
-		n      int
-		body   []byte
-		stream bool
-		into   *float64
+		upstream int
+		n        int
+		body     []byte
+		stream   bool
+		into     *float64
 	}{
-		{load.requests, instrChatBody, false, &c.perRequest},
-		{load.streams, instrShortBody, true, &c.perShortStream},
-		{load.streams, instrLongBody, true, &c.perLongStream},
+		{0, load.requests, instrChatBody, false, &c.perRequest},
+		{0, load.streams, instrShortBody, true, &c.perShortStream},
+		{0, load.streams, instrLongBody, true, &c.perLongStream},
+		{1, load.streams, instrShortBody, true, &c.perPacedStream},
 	} {
-		_, total, err := instructionRun(role, upstream, load.conns, cpu, dir, step.n, step.body, step.stream)
+		_, total, err := instructionRun(role, upstreams[step.upstream], cpu, dir, step.n, step.body, step.stream)
 		if err != nil {
 			return "", c, err
 		}
-		*step.into = float64(total-base) / float64(step.n)
+		*step.into = float64(total-base[step.upstream]) / float64(step.n)
 	}
 	return name, c, nil
 }
@@ -149,10 +182,19 @@ func countInstructions(role, upstream string, load instructionLoad, cpu int, dir
 // warmupRequests are served by every -instructions run before its load.
 const warmupRequests = 200
 
-// instructionRun starts role under callgrind, sends the warm-up and then n
-// requests with body, stops the server and returns the instructions its
-// process(es) executed, from the files callgrind writes at exit.
-func instructionRun(role, upstream string, conns, cpu int, dir string, n int, body []byte, stream bool) (string, int64, error) {
+// instrUpstream is a fake a proxy is counted in front of: its address, the
+// connections the load uses and the warm-up's request body.
+type instrUpstream struct {
+	addr     string
+	conns    int
+	warmBody []byte
+}
+
+// instructionRun starts role under callgrind in front of up, sends the
+// warm-up and then n requests with body, stops the server and returns the
+// instructions its process(es) executed, from the files callgrind writes
+// at exit.
+func instructionRun(role string, up instrUpstream, cpu int, dir string, n int, body []byte, stream bool) (string, int64, error) {
 	// Not under dir: nginx's worker runs as nobody and writes its own file
 	// here, and dir is private.
 	out, err := os.MkdirTemp("", "vega-callgrind-"+role+"-")
@@ -172,14 +214,14 @@ func instructionRun(role, upstream string, conns, cpu int, dir string, n int, bo
 	if role == roleNginx {
 		wrap = []string{"env", nginxWrapEnv + "=" + strings.Join(callgrind, " ")}
 	}
-	st, err := spawn(serveFlags{role: role, upstream: upstream, maxConns: conns + 56, dir: dir}, cpu, wrap...)
+	st, err := spawn(serveFlags{role: role, upstream: up.addr, maxConns: up.conns + 56, dir: dir}, cpu, wrap...)
 	if err != nil {
 		return "", 0, err
 	}
 	t := st.targets[0]
-	runErr := instructionLoadRun(t.addr, conns, warmupRequests, instrChatBody, false)
+	runErr := instructionLoadRun(t.addr, up.conns, warmupRequests, up.warmBody, false)
 	if runErr == nil && n > 0 {
-		runErr = instructionLoadRun(t.addr, conns, n, body, stream)
+		runErr = instructionLoadRun(t.addr, up.conns, n, body, stream)
 	}
 	st.close()
 	if runErr != nil {
