@@ -157,3 +157,7 @@ func (p *Pool) probe(client *fasthttp.HostClient) error {
 	}
 	return nil
 }
+
+// Down reports whether health probes have marked the upstream down
+// (requests fail fast with ErrUnhealthy). A lock-free read, for routing.
+func (p *Pool) Down() bool { return p.health.failFast() }

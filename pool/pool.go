@@ -302,3 +302,7 @@ func schemeOf(tls bool) []byte {
 	}
 	return schemeHTTP
 }
+
+// HealthTimeout is the bound on one health probe, which other probes of
+// the same upstream (a catalogue fetch) share.
+func (p *Pool) HealthTimeout() time.Duration { return p.up.HealthTimeout }

@@ -1,0 +1,342 @@
+package fleet
+
+import (
+	"errors"
+	"math"
+	"math/rand/v2"
+	"time"
+)
+
+// Reason says why a backend was chosen; it is logged as route_reason and
+// counted per backend.
+type Reason uint8
+
+const (
+	// ReasonOnly: the fleet has one backend.
+	ReasonOnly Reason = iota
+	// ReasonLoaded: the model is loaded there and it is not saturated.
+	ReasonLoaded
+	// ReasonAffinity: the conversation's backend (rendezvous hash of its
+	// leading messages, bounded load).
+	ReasonAffinity
+	// ReasonLeastLoaded: fewest outstanding requests per weight among
+	// equals (two random choices).
+	ReasonLeastLoaded
+	// ReasonPinned: named by X-Vega-Backend.
+	ReasonPinned
+	// ReasonFailover: an earlier attempt failed before any response byte.
+	ReasonFailover
+	// ReasonRoundRobin: the round_robin policy's turn.
+	ReasonRoundRobin
+	numReasons
+)
+
+var reasonNames = [numReasons]string{"only", "loaded", "affinity", "least_loaded", "pinned", "failover", "round_robin"}
+
+// String is the reason as logged and exported.
+func (r Reason) String() string {
+	if r < numReasons {
+		return reasonNames[r]
+	}
+	return "unknown"
+}
+
+// Reasons lists every reason, for metrics.
+func Reasons() []Reason {
+	out := make([]Reason, numReasons)
+	for i := range out {
+		out[i] = Reason(i)
+	}
+	return out
+}
+
+var (
+	// ErrModelNotFound: no backend has the model installed, and every
+	// usable backend's catalogue is known. Answer 404 as Ollama would, or
+	// pull the model onto a backend.
+	ErrModelNotFound = errors.New("fleet: model not installed on any backend")
+	// ErrNoBackend: every backend is down, circuit-broken, closed or
+	// already tried. Retry later; check the backends' health on the admin
+	// listener.
+	ErrNoBackend = errors.New("fleet: no backend available")
+)
+
+// Request is what the choice of a backend depends on.
+type Request struct {
+	// Model is the request's model as sent ("" for routes without one).
+	Model string
+	// Key identifies the conversation (ConversationKey); 0 for none.
+	Key uint64
+	// Tried are the backends (Bit) an earlier attempt of this request used.
+	Tried uint64
+	// NeedModel restricts the choice to backends that have Model installed
+	// (inference, show).
+	NeedModel bool
+}
+
+// candidate set on the stack: a fleet has at most MaxBackends members.
+type set struct {
+	b [MaxBackends]*Backend
+	n int
+}
+
+func (s *set) add(b *Backend)   { s.b[s.n] = b; s.n++ }
+func (s *set) list() []*Backend { return s.b[:s.n] }
+func (s *set) filter(keep func(*Backend) bool) (out set) {
+	for _, b := range s.list() {
+		if keep(b) {
+			out.add(b)
+		}
+	}
+	return out
+}
+
+// Pick chooses the backend for one attempt of a request. It reads only
+// atomics and copy-on-write catalogues: no lock, no I/O. With one backend it
+// returns it (ReasonOnly) unless already tried, whatever its state, so a
+// single-backend gateway behaves as its pool does.
+func (f *Fleet) Pick(r Request) (*Backend, Reason, error) {
+	if len(f.backends) == 1 {
+		b := f.backends[0]
+		if r.Tried&b.Bit() != 0 {
+			return nil, 0, ErrNoBackend
+		}
+		return b, ReasonOnly, nil
+	}
+	now := time.Now()
+	model := ""
+	if r.Model != "" {
+		model = NormalizeModel(r.Model)
+	}
+	var cands set
+	usable := 0
+	for _, b := range f.backends {
+		if r.Tried&b.Bit() != 0 || !b.usable(now) {
+			continue
+		}
+		usable++
+		if r.NeedModel && model != "" && !b.cat.mayHave(model) {
+			continue
+		}
+		cands.add(b)
+	}
+	if cands.n == 0 {
+		if usable > 0 && r.Tried == 0 {
+			f.modelMissing.Add(1)
+			return nil, 0, ErrModelNotFound
+		}
+		f.noBackend.Add(1)
+		return nil, 0, ErrNoBackend
+	}
+	// A backend that just answered "server busy" is a last resort.
+	if idle := cands.filter(func(b *Backend) bool { return b.busyUntil.Load() < now.UnixNano() }); idle.n > 0 {
+		cands = idle
+	}
+	var (
+		b      *Backend
+		reason Reason
+	)
+	switch {
+	case cands.n == 1:
+		b, reason = cands.b[0], ReasonLeastLoaded
+	case f.cfg.Policy == PolicyRoundRobin:
+		b, reason = f.roundRobin(cands.list()), ReasonRoundRobin
+	case f.cfg.Policy == PolicyLeastLoaded || model == "":
+		b, reason = leastLoaded(cands.list()), ReasonLeastLoaded
+	default:
+		b, reason = f.modelAware(cands, model, r.Key)
+	}
+	if r.Tried != 0 {
+		reason = ReasonFailover
+	}
+	b.picks[reason].Add(1)
+	return b, reason, nil
+}
+
+// Pin returns the named backend for a pinned request, counted as such; nil
+// if there is none by that name.
+func (f *Fleet) Pin(name string) *Backend {
+	b := f.byName[name]
+	if b != nil {
+		b.picks[ReasonPinned].Add(1)
+	}
+	return b
+}
+
+// modelAware is the default policy: a warm backend that is not saturated
+// (by conversation if there is one, else the least loaded); if every warm
+// one is saturated and a cold one exists, the cold one that loses least by
+// loading the model; else the saturated warm ones.
+func (f *Fleet) modelAware(cands set, model string, key uint64) (*Backend, Reason) {
+	warm := cands.filter(func(b *Backend) bool { return b.cat.loaded(model) })
+	ready := warm.filter(func(b *Backend) bool { return !f.saturated(b, model) })
+	if ready.n > 0 {
+		if key != 0 {
+			return f.affinity(ready.list(), key), ReasonAffinity
+		}
+		return leastLoaded(ready.list()), ReasonLoaded
+	}
+	cold := cands.filter(func(b *Backend) bool { return !b.cat.loaded(model) })
+	if cold.n == 0 {
+		if key != 0 {
+			return f.affinity(warm.list(), key), ReasonAffinity
+		}
+		return leastLoaded(warm.list()), ReasonLoaded
+	}
+	b := coldChoice(cold.list())
+	// Later requests for the model come here too while it loads, instead
+	// of loading it everywhere at once; the next refresh corrects this if
+	// the load fails.
+	b.cat.noteLoaded(model)
+	return b, ReasonLeastLoaded
+}
+
+// saturated: the model's outstanding requests on b reach SaturatedAt, and
+// (once a load time has been seen) the queue they make is expected to take
+// longer than loading the model elsewhere would.
+func (f *Fleet) saturated(b *Backend, model string) bool {
+	c := b.counter(model, false)
+	if c == nil {
+		return false
+	}
+	out := c.Load()
+	if out < int64(f.cfg.SaturatedAt) {
+		return false
+	}
+	load, svc := f.loadEstimate(), b.serviceEstimate()
+	if load <= 0 || svc <= 0 {
+		return true
+	}
+	return time.Duration(out)*svc >= load
+}
+
+// coldChoice picks where to load a model: the backend with the fewest
+// outstanding requests per weight (its loaded models are the likeliest to
+// be idle, so evicting one delays nobody), then the fewest loaded models.
+func coldChoice(bs []*Backend) *Backend {
+	best := bs[0]
+	for _, b := range bs[1:] {
+		switch less(b, best) {
+		case -1:
+			best = b
+		case 0:
+			if b.cat.loadedCount() < best.cat.loadedCount() {
+				best = b
+			}
+		}
+	}
+	return best
+}
+
+// less compares outstanding requests per weight: -1 if a is less loaded.
+func less(a, b *Backend) int {
+	x, y := a.outstanding.Load()*int64(b.Weight), b.outstanding.Load()*int64(a.Weight)
+	switch {
+	case x < y:
+		return -1
+	case x > y:
+		return 1
+	}
+	return 0
+}
+
+// leastLoaded is the power of two random choices by outstanding requests
+// per weight (Mitzenmacher 2001): nearly as good as the least loaded of all
+// and immune to the herd that a strict minimum draws.
+func leastLoaded(bs []*Backend) *Backend {
+	if len(bs) == 1 {
+		return bs[0]
+	}
+	i := rand.IntN(len(bs))
+	j := rand.IntN(len(bs) - 1)
+	if j >= i {
+		j++
+	}
+	if less(bs[j], bs[i]) < 0 {
+		return bs[j]
+	}
+	return bs[i]
+}
+
+// roundRobin is weighted round robin over the candidates.
+func (f *Fleet) roundRobin(bs []*Backend) *Backend {
+	total := 0
+	for _, b := range bs {
+		total += b.Weight
+	}
+	t := int(f.rr.Add(1) % uint64(total))
+	for _, b := range bs {
+		if t < b.Weight {
+			return b
+		}
+		t -= b.Weight
+	}
+	return bs[len(bs)-1]
+}
+
+// affinity is rendezvous (highest random weight) hashing with bounded
+// loads: the candidates are ranked by a weighted hash of (conversation,
+// backend name), the same ranking on every gateway replica, and the first
+// whose outstanding requests stay within AffinityLoadFactor times its
+// weighted share of the total (plus this one) takes the request. While
+// loads are even every replica sends a conversation to the same backend;
+// a hot conversation or system prompt cannot pile onto one backend.
+func (f *Fleet) affinity(bs []*Backend, key uint64) *Backend {
+	var total, weights int64
+	for _, b := range bs {
+		total += b.outstanding.Load()
+		weights += int64(b.Weight)
+	}
+	var rank [MaxBackends]struct {
+		b     *Backend
+		score float64
+	}
+	for i, b := range bs {
+		rank[i].b, rank[i].score = b, rendezvousScore(key, b)
+	}
+	r := rank[:len(bs)]
+	// Insertion sort: a fleet is a handful of backends.
+	for i := 1; i < len(r); i++ {
+		for j := i; j > 0 && r[j].score > r[j-1].score; j-- {
+			r[j], r[j-1] = r[j-1], r[j]
+		}
+	}
+	for _, c := range r {
+		bound := f.cfg.AffinityLoadFactor * float64(total+1) * float64(c.b.Weight) / float64(weights)
+		if float64(c.b.outstanding.Load()+1) <= math.Ceil(bound) {
+			return c.b
+		}
+	}
+	return leastLoaded(bs)
+}
+
+// rendezvousScore is the weighted rendezvous score -w/ln(u), u uniform in
+// (0,1) from a hash of the key and the backend's name (Schindelhauer and
+// Schomaker's logarithmic method): each backend wins a share of keys
+// proportional to its weight, and removing one moves only its keys.
+func rendezvousScore(key uint64, b *Backend) float64 {
+	h := mix64(key ^ b.hash)
+	u := (float64(h>>11) + 0.5) / (1 << 53)
+	return -float64(b.Weight) / math.Log(u)
+}
+
+// nameHash is FNV-1a of a backend's name: stable across processes, so
+// every replica ranks alike.
+func nameHash(name string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(name); i++ {
+		h ^= uint64(name[i])
+		h *= 1099511628211
+	}
+	return h
+}
+
+// mix64 is SplitMix64's finaliser.
+func mix64(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return x
+}
