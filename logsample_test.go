@@ -10,6 +10,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/metrics"
 	"github.com/vega-gateway/vega-gateway/pool"
@@ -26,7 +27,7 @@ func TestLogSuppressedMetric(t *testing.T) {
 	defer p.Close()
 	gw, err := gateway.New(gateway.Config{}, gateway.ChatConfig{},
 		gateway.AuthConfig{APIKeys: []string{"metric-key-0123456789abcdef0123"}, FailureLogLinesPerSecond: 1},
-		[]*pool.Pool{p}, zerolog.New(io.Discard))
+		fleet.Single(p), zerolog.New(io.Discard))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/vega-gateway/vega-gateway/admin"
+	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
 	"github.com/vega-gateway/vega-gateway/pool"
@@ -91,7 +92,7 @@ func newApp(cfg config, log zerolog.Logger, sink *logSink) (*app, error) {
 	}
 	gcfg := cfg.Gateway
 	gcfg.DefaultModel = cfg.Upstream.DefaultModel
-	gw, err := gateway.New(gcfg, cfg.Chat, cfg.Auth, []*pool.Pool{p}, log)
+	gw, err := gateway.New(gcfg, cfg.Chat, cfg.Auth, fleet.Single(p), log)
 	if err != nil {
 		return nil, err
 	}

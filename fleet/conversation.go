@@ -27,6 +27,7 @@ const promptPrefixBytes = 2048
 
 // conversationBody is the part of a request body the key is made from.
 type conversationBody struct {
+	Model    string          `json:"model"`
 	System   json.RawMessage `json:"system"`
 	Prompt   json.RawMessage `json:"prompt"`
 	Messages []struct {
@@ -39,19 +40,35 @@ type conversationBody struct {
 	} `json:"history"`
 }
 
+// Route reads what routing needs from a JSON request body: its top-level
+// "model", and the key of the conversation it continues (ConversationKey).
+// A body that does not parse gives "" and 0.
+func Route(kind BodyKind, body []byte) (model string, key uint64) {
+	var cb conversationBody
+	if len(body) == 0 || json.Unmarshal(body, &cb) != nil {
+		return "", 0
+	}
+	return cb.Model, cb.key(kind, cb.Model)
+}
+
 // ConversationKey identifies the conversation a request continues, from
 // what stays the same across its turns: the model, the system prompt and
 // the first message after it (turn N+1 resends turns 1..N, so its leading
 // messages are turn 1's). Two requests with the same key share a prompt
 // prefix that a backend's prompt cache can reuse. It returns 0 when the
 // body has no conversation or does not parse (the request is then routed
-// on load alone).
+// on load alone). model overrides the body's own (Vega's /chat names its
+// model apart).
 func ConversationKey(kind BodyKind, model string, body []byte) uint64 {
-	if kind == NoConversation || len(body) == 0 {
+	var cb conversationBody
+	if len(body) == 0 || json.Unmarshal(body, &cb) != nil {
 		return 0
 	}
-	var cb conversationBody
-	if json.Unmarshal(body, &cb) != nil {
+	return cb.key(kind, model)
+}
+
+func (cb *conversationBody) key(kind BodyKind, model string) uint64 {
+	if kind == NoConversation {
 		return 0
 	}
 	h := newHash()

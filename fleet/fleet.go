@@ -109,7 +109,7 @@ func New(cfg Config, members []Member) (*Fleet, error) {
 		if m.Weight == 0 {
 			m.Weight = 1
 		}
-		if !validName(name) {
+		if m.Name != "" && !validName(name) {
 			return nil, fmt.Errorf("upstreams[%d].name: %q must be 1-64 letters, digits or .-_:", i, name)
 		}
 		if f.byName[name] != nil {
@@ -234,4 +234,14 @@ func NormalizeModel(m string) string {
 		m += ":latest"
 	}
 	return m
+}
+
+// Single is the fleet of one backend, at the default routing config: what a
+// gateway with one upstream has, and what tests and tools build.
+func Single(p *pool.Pool) *Fleet {
+	f, err := New(Config{}, []Member{{Pool: p}})
+	if err != nil {
+		panic("fleet.Single: " + err.Error()) // only a nil pool can fail
+	}
+	return f
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
 
+	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/trace"
 )
 
@@ -342,11 +343,15 @@ func (g *Gateway) serveChat(ctx *fasthttp.RequestCtx, x *exchange) bool {
 		panic(err) // strings, a bool and validated raw JSON: cannot fail
 	}
 
-	release, waited, err := g.pool.AcquireWhile(g.closing, x.goneFn)
-	x.queueWait = waited
-	if err != nil {
-		g.reject(ctx, x, upstreamError(err))
+	t := target{Request: fleet.Request{Model: up.Model, NeedModel: true}}
+	if g.fleet.Len() > 1 {
+		t.Key = fleet.ConversationKey(fleet.VegaChat, up.Model, body)
+	}
+	if b, e, ok := g.pinnedBackend(ctx, x); !ok {
+		g.reject(ctx, x, e)
 		return false
+	} else if b != nil {
+		t.pinned = b
 	}
 	req := acquireOutbound()
 	req.Header.SetMethod(fasthttp.MethodPost)
@@ -360,16 +365,15 @@ func (g *Gateway) serveChat(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	req.SetBodyRaw(upBody)
 	resp := fasthttp.AcquireResponse()
 	if g.log.GetLevel() <= zerolog.DebugLevel {
-		g.log.Debug().Str("correlation_id", x.id).Str("upstream", g.pool.URL()).Str("model", x.model).Msg("upstream call started")
+		g.log.Debug().Str("correlation_id", x.id).Str("model", x.model).Msg("upstream call started")
 	}
 	upStart := time.Now()
-	x.retries, err = g.pool.DoWhile(req, resp, x.goneFn)
+	release, err := g.send(x, t, req, resp)
 	fasthttp.ReleaseRequest(req)
-	x.ttfb = time.Since(upStart)
+	x.ttfb = time.Since(upStart) - x.queueWait
 	if err != nil {
 		fasthttp.ReleaseResponse(resp)
-		release()
-		g.upstreamFailed(ctx, x, err)
+		g.sendFailed(ctx, x, up.Model, err)
 		return false
 	}
 	x.upstreamStatus = resp.StatusCode()
@@ -400,18 +404,18 @@ func (g *Gateway) serveChat(ctx *fasthttp.RequestCtx, x *exchange) bool {
 // chatReply reads a non-streamed Ollama reply and answers /chat with it.
 func (g *Gateway) chatReply(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Response) {
 	var buf bytes.Buffer
-	n, err := io.Copy(&buf, io.LimitReader(resp.BodyStream(), int64(g.pool.MaxResponseBytes())+1))
-	if err == nil && n > int64(g.pool.MaxResponseBytes()) {
+	n, err := io.Copy(&buf, io.LimitReader(resp.BodyStream(), int64(x.upstream().MaxResponseBytes())+1))
+	if err == nil && n > int64(x.upstream().MaxResponseBytes()) {
 		err = errors.New("reply over upstream.max_response_bytes")
 	}
 	if err != nil {
-		g.pool.NoteError()
+		x.upstream().NoteError()
 		g.upstreamFailed(ctx, x, classifyBody(err))
 		return
 	}
 	var c ollamaChunk
 	if err := json.Unmarshal(buf.Bytes(), &c); err != nil || !c.Done {
-		g.pool.NoteError()
+		x.upstream().NoteError()
 		g.reject(ctx, x, apiError{502, "upstream_protocol_error", "the upstream sent a malformed reply", outcomeUpstreamProtocol, ""})
 		return
 	}
@@ -452,7 +456,7 @@ func (g *Gateway) chatUpstreamStatus(ctx *fasthttp.RequestCtx, x *exchange, resp
 	default:
 		e = apiError{st, "upstream_rejected", msg, outcomeUpstreamHTTPError, ""}
 	}
-	g.pool.NoteError()
+	x.upstream().NoteError()
 	g.reject(ctx, x, e)
 }
 

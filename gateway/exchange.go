@@ -11,6 +11,8 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
 
+	"github.com/vega-gateway/vega-gateway/fleet"
+	"github.com/vega-gateway/vega-gateway/pool"
 	"github.com/vega-gateway/vega-gateway/trace"
 )
 
@@ -50,10 +52,19 @@ type exchange struct {
 	bytesOut       int64
 	frames         int
 	retries        int
-	queueWait      time.Duration
-	ttfb           time.Duration // upstream response headers
-	ttft           time.Duration // first stream frame sent
-	streamed       bool
+	// backend and up are the backend (and its pool) of the last attempt;
+	// reason why it was chosen; attempts how many backends were tried.
+	backend  *fleet.Backend
+	up       *pool.Pool
+	reason   fleet.Reason
+	attempts int
+	// ticket counts the request as outstanding on its backend (fleets of
+	// more than one) until finish.
+	ticket    fleet.Ticket
+	queueWait time.Duration
+	ttfb      time.Duration // upstream response headers
+	ttft      time.Duration // first stream frame sent
+	streamed  bool
 	// telemetry from the final chunk of an Ollama stream or reply
 	promptTokens, completionTokens int64
 	doneReason                     string
@@ -193,8 +204,12 @@ func (x *exchange) finish() {
 		e.RawJSON("queue_wait_ms", x.scratch)
 		e.Int("bytes_in", x.bytesIn).
 			Int64("bytes_out", x.bytesOut).
-			Str("upstream", g.pool.URL()).
+			Str("upstream", x.upstream().URL()).
 			Bytes("remote_ip", x.remoteText()) // pooled text; IPAddr would allocate a string per line
+		if x.backend != nil {
+			x.scratch = quoteSafe(x.scratch[:0], x.reason.String())
+			e.Str("backend", x.backend.Name).RawJSON("route_reason", x.scratch).Int("attempts", x.attempts)
+		}
 		if x.upstreamStatus != 0 {
 			e.Int("upstream_status", x.upstreamStatus)
 		}
@@ -219,6 +234,7 @@ func (x *exchange) finish() {
 		}
 		e.Msg("request")
 	}
+	x.endTicket()
 	g.observe(x, dur)
 	if x.key != nil {
 		x.key.release()
@@ -226,8 +242,17 @@ func (x *exchange) finish() {
 	if x.inFlight {
 		g.inFlight.Add(-1)
 	}
-	x.g, x.key, x.conn = nil, nil, nil
+	x.g, x.key, x.conn, x.backend, x.up = nil, nil, nil, nil, nil
 	exchangePool.Put(x)
+}
+
+// upstream is the pool of the backend the request went to, else the first
+// backend's.
+func (x *exchange) upstream() *pool.Pool {
+	if x.up != nil {
+		return x.up
+	}
+	return x.g.pool
 }
 
 // remoteText renders the client IP into a pooled buffer.

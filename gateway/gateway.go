@@ -12,15 +12,20 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
 
+	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/pool"
 )
 
-// Gateway is the data listener: the proxy in front of one upstream pool.
+// Gateway is the data listener: the proxy in front of a fleet of upstream
+// backends, each behind its own bounded pool.
 type Gateway struct {
-	cfg      Config
-	chat     ChatConfig
-	auth     AuthConfig
-	keys     atomic.Pointer[Keyring]
+	cfg   Config
+	chat  ChatConfig
+	auth  AuthConfig
+	keys  atomic.Pointer[Keyring]
+	fleet *fleet.Fleet
+	// pool is the first backend's pool: the upstream named in the log for
+	// a request refused before a backend was chosen.
 	pool     *pool.Pool
 	log      zerolog.Logger
 	server   *fasthttp.Server
@@ -70,9 +75,9 @@ type Record struct {
 	EvalDuration time.Duration
 }
 
-// New builds the gateway in front of the upstream pools (the first is used
-// today; the list is where several backends will go). It starts nothing.
-func New(cfg Config, chat ChatConfig, auth AuthConfig, pools []*pool.Pool, log zerolog.Logger) (*Gateway, error) {
+// New builds the gateway in front of the fleet's backends. It starts
+// nothing: the fleet's Run probes and refreshes them.
+func New(cfg Config, chat ChatConfig, auth AuthConfig, backends *fleet.Fleet, log zerolog.Logger) (*Gateway, error) {
 	cfg = cfg.withDefaults()
 	chat = chat.withDefaults()
 	if err := cfg.validate(); err != nil {
@@ -81,8 +86,8 @@ func New(cfg Config, chat ChatConfig, auth AuthConfig, pools []*pool.Pool, log z
 	if err := chat.validate(); err != nil {
 		return nil, err
 	}
-	if len(pools) == 0 {
-		return nil, errors.New("gateway: no upstream pool")
+	if backends == nil {
+		return nil, errors.New("gateway: no upstream backends")
 	}
 	keys, err := buildKeyring(auth)
 	if err != nil {
@@ -91,7 +96,7 @@ func New(cfg Config, chat ChatConfig, auth AuthConfig, pools []*pool.Pool, log z
 	if auth.MaxFailuresPerIP < 0 {
 		return nil, errors.New("auth.max_failures_per_ip: must not be negative")
 	}
-	g := &Gateway{cfg: cfg, chat: chat, auth: auth, pool: pools[0], log: log, closing: make(chan struct{}),
+	g := &Gateway{cfg: cfg, chat: chat, auth: auth, fleet: backends, pool: backends.First().Pool, log: log, closing: make(chan struct{}),
 		failures: newFailureBudget(auth.MaxFailuresPerIP)}
 	for _, m := range cfg.ModelAllowlist {
 		if g.allowed == nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
 	"github.com/vega-gateway/vega-gateway/pool"
@@ -107,7 +108,7 @@ func startEnv(t testing.TB, o envOptions) *env {
 	}
 	e.pool = p
 	log := zerolog.New(e.logs).Level(o.level)
-	gw, err := gateway.New(o.gateway, o.chat, o.auth, []*pool.Pool{p}, log)
+	gw, err := gateway.New(o.gateway, o.chat, o.auth, fleet.Single(p), log)
 	if err != nil {
 		t.Fatalf("gateway.New: %v", err)
 	}

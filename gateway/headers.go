@@ -24,6 +24,7 @@ var dropOnRequest = map[string]bool{
 	"host": true, "content-length": true, "x-api-key": true, "cookie": true, "expect": true,
 	"forwarded": true, "x-forwarded-for": true, "x-forwarded-host": true, "x-forwarded-proto": true,
 	"x-real-ip": true, "x-request-id": true, "x-correlation-id": true, "traceparent": true,
+	"x-vega-backend": true,
 }
 
 // hopHeaders are never relayed back to the client.

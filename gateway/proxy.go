@@ -61,27 +61,28 @@ func (g *Gateway) proxy(ctx *fasthttp.RequestCtx, x *exchange, keyInAuthorizatio
 		g.reject(ctx, x, e)
 		return false
 	}
-	release, waited, err := g.pool.AcquireWhile(g.closing, x.goneFn)
-	x.queueWait = waited
-	if err != nil {
-		g.reject(ctx, x, upstreamError(err))
+	t, e, ok := g.targetOf(ctx, x)
+	if !ok {
+		g.reject(ctx, x, e)
 		return false
+	}
+	if t.fanOut {
+		return g.serveFleetWide(ctx, x, t, keyInAuthorization)
 	}
 	req := acquireOutbound()
 	g.outboundRequest(ctx, x, req, keyInAuthorization)
 	req.SetBodyRaw(ctx.Request.Body())
 	resp := fasthttp.AcquireResponse()
 	if g.log.GetLevel() <= zerolog.DebugLevel {
-		g.log.Debug().Str("correlation_id", x.id).Str("upstream", g.pool.URL()).Str("route", x.route.name).Msg("upstream call started")
+		g.log.Debug().Str("correlation_id", x.id).Str("route", x.route.name).Msg("upstream call started")
 	}
 	upStart := time.Now()
-	x.retries, err = g.pool.DoWhile(req, resp, x.goneFn)
+	release, err := g.send(x, t.target, req, resp)
 	fasthttp.ReleaseRequest(req)
-	x.ttfb = time.Since(upStart)
+	x.ttfb = time.Since(upStart) - x.queueWait
 	if err != nil {
 		fasthttp.ReleaseResponse(resp)
-		release()
-		g.upstreamFailed(ctx, x, err)
+		g.sendFailed(ctx, x, t.Model, err)
 		return false
 	}
 	if g.log.GetLevel() <= zerolog.DebugLevel {
@@ -138,7 +139,7 @@ func (g *Gateway) relay(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Re
 		_ = resp.CloseBodyStream()
 		fasthttp.ReleaseResponse(resp)
 		release()
-		g.pool.NoteError()
+		x.upstream().NoteError()
 		g.upstreamFailed(ctx, x, pool.ErrProtocol)
 		return false
 	}
@@ -158,7 +159,7 @@ func (g *Gateway) relay(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Re
 		ctx.Response.SkipBody = ctx.IsHead()
 		return false
 	}
-	if cl := resp.Header.ContentLength(); cl > g.pool.MaxResponseBytes() {
+	if cl := resp.Header.ContentLength(); cl > x.upstream().MaxResponseBytes() {
 		// Refuse before sending a byte rather than cut the body later.
 		_ = resp.CloseBodyStream()
 		fasthttp.ReleaseResponse(resp)
@@ -214,7 +215,7 @@ func (g *Gateway) relay(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Re
 // replaceRelayed turns a response whose upstream headers were already
 // copied into a gateway error: the upstream's headers go, the ID stays.
 func (g *Gateway) replaceRelayed(ctx *fasthttp.RequestCtx, x *exchange, err error) {
-	g.pool.NoteError()
+	x.upstream().NoteError()
 	ctx.Response.Header.Reset()
 	ctx.Response.Header.Set(trace.HeaderCorrelationID, x.id)
 	g.upstreamFailed(ctx, x, err)

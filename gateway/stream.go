@@ -238,7 +238,7 @@ func (s *stream) inspect(frame []byte) {
 // fail ends the stream with a terminal error record in its own framing.
 func (s *stream) fail(err error) {
 	e := upstreamError(err)
-	s.g.pool.NoteError()
+	s.x.upstream().NoteError()
 	s.g.log.Warn().Str("correlation_id", s.x.id).Str("outcome", e.outcome).Int("frames_out", s.x.frames).Err(err).Msg("upstream stream failed")
 	s.failWith(e)
 }
@@ -264,7 +264,7 @@ func (s *stream) CloseWithError(writeErr error) error {
 			x.outcome = outcomeClientWriteTimeout
 		}
 		if !s.ended {
-			s.g.pool.NoteClientDisconnect()
+			s.x.upstream().NoteClientDisconnect()
 		}
 	}
 	s.mu.Lock()
@@ -322,7 +322,7 @@ func (r *rawStream) prefetch() error {
 const rawHeadBytes = 4 << 10
 
 func (g *Gateway) newRawStream(x *exchange, resp *fasthttp.Response, release func()) *rawStream {
-	return &rawStream{g: g, x: x, resp: resp, release: release, src: resp.BodyStream(), left: int64(g.pool.MaxResponseBytes())}
+	return &rawStream{g: g, x: x, resp: resp, release: release, src: resp.BodyStream(), left: int64(x.upstream().MaxResponseBytes())}
 }
 
 func (r *rawStream) Read(p []byte) (int, error) {
@@ -344,7 +344,7 @@ func (r *rawStream) Read(p []byte) (int, error) {
 	}
 	if r.left <= 0 {
 		r.x.outcome = outcomeUpstreamTooLarge
-		r.g.pool.NoteError()
+		r.x.upstream().NoteError()
 		return 0, pool.ErrTooLarge
 	}
 	if int64(len(p)) > r.left {
@@ -366,7 +366,7 @@ func (r *rawStream) noteErr(err error) error {
 	r.ended = true
 	e := upstreamError(classifyBody(err))
 	r.x.outcome = e.outcome
-	r.g.pool.NoteError()
+	r.x.upstream().NoteError()
 	return err
 }
 
@@ -375,7 +375,7 @@ func (r *rawStream) CloseWithError(writeErr error) error {
 	if writeErr != nil && r.x.outcome == "" {
 		r.x.outcome = outcomeClientClosed
 		if !r.ended {
-			r.g.pool.NoteClientDisconnect()
+			r.x.upstream().NoteClientDisconnect()
 		}
 	}
 	_ = r.resp.CloseBodyStream()
