@@ -137,8 +137,6 @@ func (f *Fleet) Pick(r Request) (*Backend, Reason, error) {
 		reason Reason
 	)
 	switch {
-	case cands.n == 1:
-		b, reason = cands.b[0], ReasonLeastLoaded
 	case f.cfg.Policy == PolicyRoundRobin:
 		b, reason = f.roundRobin(cands.list()), ReasonRoundRobin
 	case f.cfg.Policy == PolicyLeastLoaded || model == "":

@@ -139,6 +139,12 @@ func (x *exchange) anthropicMessages() {
 	}
 	estimate := max(chars/4, 1)
 	g := x.newGen(req.Model, req.MaxTokens, words)
+	if len(req.System) > 0 {
+		g.turn("system", anthropicText(req.System))
+	}
+	for _, m := range req.Messages {
+		g.turn(m.Role, anthropicText(m.Content))
+	}
 	if !x.prepare(g, req.Stream) {
 		return
 	}

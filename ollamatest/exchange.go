@@ -31,6 +31,7 @@ type exchange struct {
 	param   string // the :digest or :model path parameter
 	gone    bool   // the client left before the response was written
 	aborted bool   // the fake itself cut the response (hijack)
+	lease   *lease // its place in the scheduler, released by Server.finish
 }
 
 type handler func(x *exchange)

@@ -93,8 +93,8 @@ func (s *Server) model(name string) (*modelEntry, bool) {
 func (s *Server) removeModel(name string) bool {
 	n := normalizeModel(name)
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if _, ok := s.models[n]; !ok {
+		s.mu.Unlock()
 		return false
 	}
 	delete(s.models, n)
@@ -104,6 +104,10 @@ func (s *Server) removeModel(name string) bool {
 			s.modelOrder = append(s.modelOrder[:i:i], s.modelOrder[i+1:]...)
 			break
 		}
+	}
+	s.mu.Unlock()
+	if s.sched != nil {
+		s.sched.expireModel(n)
 	}
 	return true
 }
@@ -116,8 +120,13 @@ func (s *Server) Models() []string {
 }
 
 // UnloadModels forgets which models are loaded, so the next request for each
-// waits Config.LoadDelay again and /api/ps is empty.
+// waits Config.LoadDelay again and /api/ps is empty. In scheduler mode it
+// unloads the idle models now and the busy ones once they are idle.
 func (s *Server) UnloadModels() {
+	if s.sched != nil {
+		s.sched.expireAll()
+		return
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.loaded = make(map[string]*loadState)
@@ -135,7 +144,7 @@ type loadState struct {
 // models are always loaded, so only their fault mode shapes their timing.
 func (s *Server) load(x *exchange, name string) bool {
 	n := normalizeModel(name)
-	if strings.HasPrefix(n, FaultModelPrefix) {
+	if isFaultModel(n) {
 		return true
 	}
 	for {
@@ -170,8 +179,28 @@ func (s *Server) load(x *exchange, name string) bool {
 	}
 }
 
-// unload ends a model's residency (keep_alive 0).
+// isFaultModel reports a "fault:" model, which is always loaded and never
+// scheduled, so only its fault mode shapes its timing.
+func isFaultModel(name string) bool {
+	return strings.HasPrefix(normalizeModel(name), FaultModelPrefix)
+}
+
+// loadModel answers the load part of a load request (chat without messages,
+// generate without prompt): it waits for the model to be loaded.
+func (x *exchange) loadModel(name string, keepAlive any) bool {
+	if x.s.sched != nil && !isFaultModel(name) {
+		return x.s.sched.hold(x, name, keepAliveOf(keepAlive))
+	}
+	return x.s.load(x, name)
+}
+
+// unload ends a model's residency (keep_alive 0); in scheduler mode a busy
+// model unloads once it is idle.
 func (s *Server) unload(name string) {
+	if s.sched != nil {
+		s.sched.expireModel(name)
+		return
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.loaded, normalizeModel(name))
@@ -208,17 +237,29 @@ func (x *exchange) tags() {
 	x.json(http.StatusOK, map[string]any{"models": list})
 }
 
+// processModel is one entry of /api/ps (Ollama's api.ProcessModelResponse).
+type processModel struct {
+	Name          string       `json:"name"`
+	Model         string       `json:"model"`
+	Size          int64        `json:"size"`
+	Digest        string       `json:"digest"`
+	Details       modelDetails `json:"details"`
+	ExpiresAt     time.Time    `json:"expires_at"`
+	SizeVRAM      int64        `json:"size_vram"`
+	ContextLength int          `json:"context_length"`
+}
+
+// process describes m as loaded, entirely in VRAM.
+func (m *modelEntry) process(expires time.Time) processModel {
+	return processModel{Name: m.name, Model: m.name, Size: m.size, Digest: m.digest,
+		Details: m.details(), ExpiresAt: expires, SizeVRAM: m.size, ContextLength: 4096}
+}
+
 // ps answers GET /api/ps with the loaded models.
 func (x *exchange) ps() {
-	type processModel struct {
-		Name          string       `json:"name"`
-		Model         string       `json:"model"`
-		Size          int64        `json:"size"`
-		Digest        string       `json:"digest"`
-		Details       modelDetails `json:"details"`
-		ExpiresAt     time.Time    `json:"expires_at"`
-		SizeVRAM      int64        `json:"size_vram"`
-		ContextLength int          `json:"context_length"`
+	if x.s.sched != nil {
+		x.json(http.StatusOK, map[string]any{"models": x.s.sched.ps()})
+		return
 	}
 	list := []processModel{}
 	x.s.mu.Lock()
@@ -237,8 +278,7 @@ func (x *exchange) ps() {
 		if !ok || !ls.ok {
 			continue
 		}
-		list = append(list, processModel{Name: m.name, Model: m.name, Size: m.size, Digest: m.digest,
-			Details: m.details(), ExpiresAt: ls.expires, SizeVRAM: m.size, ContextLength: 4096})
+		list = append(list, m.process(ls.expires))
 	}
 	slices.SortFunc(list, func(a, b processModel) int { return strings.Compare(a.Name, b.Name) })
 	x.json(http.StatusOK, map[string]any{"models": list})

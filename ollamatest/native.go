@@ -107,7 +107,7 @@ func (x *exchange) chat() {
 		if keepAliveZero(req.KeepAlive) {
 			x.s.unload(req.Model)
 			reason = "unload"
-		} else if !x.s.load(x, req.Model) {
+		} else if !x.loadModel(req.Model, req.KeepAlive) {
 			return
 		}
 		x.json(http.StatusOK, chatChunk{Model: req.Model, CreatedAt: time.Now().UTC(), Message: message{Role: "assistant"}, DoneReason: reason, Done: true})
@@ -118,6 +118,10 @@ func (x *exchange) chat() {
 		words += wordCount(m.Content)
 	}
 	g := x.newGen(req.Model, numPredict(req.Options), words)
+	for _, m := range req.Messages {
+		g.turn(m.Role, m.Content)
+	}
+	g.keepAlive = keepAliveOf(req.KeepAlive)
 	streamed := req.Stream == nil || *req.Stream
 	if !x.prepare(g, streamed) {
 		return
@@ -169,13 +173,15 @@ func (x *exchange) generate() {
 		if keepAliveZero(req.KeepAlive) {
 			x.s.unload(req.Model)
 			reason = "unload"
-		} else if !x.s.load(x, req.Model) {
+		} else if !x.loadModel(req.Model, req.KeepAlive) {
 			return
 		}
 		x.json(http.StatusOK, generateChunk{Model: req.Model, CreatedAt: time.Now().UTC(), Done: true, DoneReason: reason})
 		return
 	}
 	g := x.newGen(req.Model, numPredict(req.Options), wordCount(req.System, req.Prompt))
+	g.words(req.System, req.Prompt)
+	g.keepAlive = keepAliveOf(req.KeepAlive)
 	streamed := req.Stream == nil || *req.Stream
 	if !x.prepare(g, streamed) {
 		return
@@ -250,8 +256,9 @@ func embedInputs(in any) ([]string, bool) {
 // embed answers POST /api/embed.
 func (x *exchange) embed() {
 	var req struct {
-		Model string `json:"model"`
-		Input any    `json:"input"`
+		Model     string `json:"model"`
+		Input     any    `json:"input"`
+		KeepAlive any    `json:"keep_alive"`
 	}
 	if !x.decode(&req) {
 		return
@@ -265,6 +272,8 @@ func (x *exchange) embed() {
 		return
 	}
 	g := x.newGen(req.Model, 0, wordCount(inputs...))
+	g.words(inputs...)
+	g.embed, g.keepAlive = true, keepAliveOf(req.KeepAlive)
 	if !x.prepare(g, true) {
 		return
 	}
@@ -282,8 +291,9 @@ func (x *exchange) embed() {
 // embeddings answers the legacy POST /api/embeddings.
 func (x *exchange) embeddings() {
 	var req struct {
-		Model  string `json:"model"`
-		Prompt string `json:"prompt"`
+		Model     string `json:"model"`
+		Prompt    string `json:"prompt"`
+		KeepAlive any    `json:"keep_alive"`
 	}
 	if !x.decode(&req) {
 		return
@@ -291,7 +301,10 @@ func (x *exchange) embeddings() {
 	if _, ok := x.inferModel(req.Model, ""); !ok {
 		return
 	}
-	if !x.s.load(x, req.Model) {
+	g := x.newGen(req.Model, 0, wordCount(req.Prompt))
+	g.words(req.Prompt)
+	g.embed, g.keepAlive = true, keepAliveOf(req.KeepAlive)
+	if !x.prepare(g, true) {
 		return
 	}
 	vec := []float64{}

@@ -123,6 +123,9 @@ func (x *exchange) openAIChat() {
 		limit = *req.MaxTokens
 	}
 	g := x.newGen(req.Model, limit, words)
+	for _, m := range req.Messages {
+		g.turn(m.Role, oaText(m.Content))
+	}
 	if !x.prepare(g, req.Stream) {
 		return
 	}
@@ -181,6 +184,7 @@ func (x *exchange) openAICompletion() {
 		limit = *req.MaxTokens
 	}
 	g := x.newGen(req.Model, limit, wordCount(req.Prompt))
+	g.words(req.Prompt)
 	if !x.prepare(g, req.Stream) {
 		return
 	}
@@ -244,6 +248,8 @@ func (x *exchange) openAIEmbeddings() {
 		return
 	}
 	g := x.newGen(req.Model, 0, wordCount(inputs...))
+	g.words(inputs...)
+	g.embed = true
 	if !x.prepare(g, true) {
 		return
 	}

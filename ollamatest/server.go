@@ -63,8 +63,16 @@ type Config struct {
 	Models []string `mapstructure:"models"`
 	// LoadDelay is an extra wait before the first byte of the first
 	// inference request for each model (a cold load), reported in
-	// load_duration. Zero means models are loaded at once.
+	// load_duration. Zero means models are loaded at once. Ignored when
+	// Scheduler is set (SchedulerConfig.LoadTime applies).
 	LoadDelay time.Duration `mapstructure:"load_delay"`
+	// Scheduler, when set, makes the fake schedule like Ollama: a bounded
+	// number of loaded models (evicted least recently used first) and of
+	// requests running per model, a bounded queue past which requests get
+	// 503 busy, per-slot prompt caches that shorten prefill, and models that
+	// unload after their keep-alive. Nil means every model loads once
+	// (LoadDelay) and any number of requests run at once.
+	Scheduler *SchedulerConfig `mapstructure:"scheduler"`
 	// IdleTimeout closes keep-alive connections idle this long (stale
 	// keep-alive tests). Zero means never.
 	IdleTimeout time.Duration `mapstructure:"idle_timeout"`
@@ -102,7 +110,8 @@ type Server struct {
 	defaultFault fault
 	models       map[string]*modelEntry // by normalized name
 	modelOrder   []string
-	loaded       map[string]*loadState
+	loaded       map[string]*loadState // without a scheduler
+	sched        *scheduler            // nil without Config.Scheduler; shares mu
 	blobs        map[string]bool
 }
 
@@ -133,6 +142,13 @@ func NewServer(cfg Config) (*Server, error) {
 		models = DefaultModels()
 	}
 	cfg.Models = append([]string(nil), models...)
+	if cfg.Scheduler != nil {
+		sc, err := cfg.Scheduler.withDefaults()
+		if err != nil {
+			return nil, err
+		}
+		cfg.Scheduler = &sc // the caller's struct stays as it was
+	}
 
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
@@ -146,6 +162,9 @@ func NewServer(cfg Config) (*Server, error) {
 		models: make(map[string]*modelEntry),
 		loaded: make(map[string]*loadState),
 		blobs:  make(map[string]bool),
+	}
+	if cfg.Scheduler != nil {
+		s.sched = newScheduler(*cfg.Scheduler, &s.mu, &s.st, s.done)
 	}
 	for _, m := range cfg.Models {
 		s.addModel(m)

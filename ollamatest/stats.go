@@ -18,6 +18,13 @@ type Stats struct {
 	InFlight        int64 // requests being handled now
 	PeakInFlight    int64 // most requests handled at once
 	ClientCancelled int64 // requests whose client left before the fake finished writing
+
+	// Scheduler mode only (Config.Scheduler).
+	ColdLoads          int64 // model loads performed
+	Evictions          int64 // models unloaded to make room
+	BusyRejections     int64 // 503 "server busy" answers
+	PromptTokens       int64 // prompt tokens of inference requests (cached + new)
+	CachedPromptTokens int64 // of those, served from a slot's prompt cache
 }
 
 // Request is the record of one request, as the fake received it.
@@ -69,6 +76,9 @@ func (s *Server) begin(r *http.Request) *record {
 
 // finish ends a request's record; x.gone says the client left early.
 func (s *Server) finish(x *exchange) {
+	if x.lease != nil {
+		s.sched.release(x.lease, x.gone || x.aborted)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	x.rec.Finished = time.Now()

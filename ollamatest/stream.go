@@ -201,19 +201,31 @@ func sseEvent(name string, v any) []byte {
 	return append(append([]byte("event: "+name+"\ndata: "), b...), "\n\n"...)
 }
 
-// gen is one generation: its length, stop reason and clock.
+// gen is one generation: its length, stop reason, prompt and clock.
 type gen struct {
 	model      string
 	n          int    // tokens
 	reason     string // "stop", or "length" when num_predict cut it
 	promptToks int
-	start      time.Time // request read
-	loaded     time.Time // model loaded, generation starts
+	promptEval time.Duration // reported prompt_eval_duration
+	start      time.Time     // request read
+	loaded     time.Time     // model loaded
+	evalStart  time.Time     // prompt evaluated, generation starts
+
+	// Scheduler mode only.
+	sched     bool           // the server has a scheduler
+	prompt    []string       // prompt tokens (see turn and words)
+	replyTag  string         // tag of the reply's cached tokens ("assistant:" for chat)
+	embed     bool           // an embedding: no prompt cache
+	keepAlive *time.Duration // the request's keep_alive; nil if absent
 }
 
 // newGen sizes a reply: Config.Tokens or TokensHeader, cut to numPredict.
+// Prompt evaluation is accounted at 10µs a token unless the scheduler
+// times it.
 func (x *exchange) newGen(model string, numPredict, promptToks int) *gen {
-	g := &gen{model: model, n: x.s.cfg.Tokens, reason: "stop", promptToks: promptToks, start: x.rec.Received}
+	g := &gen{model: model, n: x.s.cfg.Tokens, reason: "stop", promptToks: promptToks, start: x.rec.Received,
+		promptEval: time.Duration(max(promptToks, 1)) * 10 * time.Microsecond, sched: x.s.sched != nil}
 	if v, err := strconv.Atoi(x.r.Header.Get(TokensHeader)); err == nil && v >= 0 {
 		g.n = v
 	}
@@ -233,18 +245,16 @@ type metrics struct {
 	EvalDuration       time.Duration `json:"eval_duration,omitempty"`
 }
 
-// metrics reports the generation after n tokens; prompt evaluation is
-// accounted at 10µs a token.
+// metrics reports the generation after n tokens.
 func (g *gen) metrics(n int) metrics {
 	now := time.Now()
-	prompt := time.Duration(max(g.promptToks, 1)) * 10 * time.Microsecond
 	return metrics{
 		TotalDuration:      max(now.Sub(g.start), 1),
 		LoadDuration:       max(g.loaded.Sub(g.start), 1),
 		PromptEvalCount:    g.promptToks,
-		PromptEvalDuration: prompt,
+		PromptEvalDuration: g.promptEval,
 		EvalCount:          n,
-		EvalDuration:       max(now.Sub(g.loaded), 1),
+		EvalDuration:       max(now.Sub(g.evalStart), 1),
 	}
 }
 
@@ -257,13 +267,21 @@ func wordCount(texts ...string) int {
 	return n
 }
 
-// prepare loads the model and, for a non-streamed reply, waits as long as
-// streaming it would take. It reports false if the request ended meanwhile.
+// prepare loads the model (in scheduler mode: waits for it and a slot, and
+// prefills) and, for a non-streamed reply, waits as long as streaming it
+// would take. It reports false if the request ended meanwhile.
 func (x *exchange) prepare(g *gen, streamed bool) bool {
-	if !x.s.load(x, g.model) {
-		return false
+	if x.s.sched != nil && !isFaultModel(g.model) {
+		if !x.s.sched.acquire(x, g) {
+			return false
+		}
+	} else {
+		if !x.s.load(x, g.model) {
+			return false
+		}
+		g.loaded = time.Now()
+		g.evalStart = g.loaded
 	}
-	g.loaded = time.Now()
 	if streamed {
 		return true
 	}
