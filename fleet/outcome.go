@@ -85,8 +85,8 @@ func (f *Fleet) loadEstimate() time.Duration { return time.Duration(f.loadEWMA.L
 // serviceEstimate is the mean time a warm request holds b (0 before any).
 func (b *Backend) serviceEstimate() time.Duration { return time.Duration(b.svcEWMA.Load()) }
 
-// usable: b may take a request now — its pool is open and not marked down
-// by health probes, and its breaker is closed.
-func (b *Backend) usable(time.Time) bool {
+// Usable reports whether b may take a request now: its pool is open and not
+// marked down by health probes, and its breaker is closed.
+func (b *Backend) Usable() bool {
 	return !b.breaker.open.Load() && !b.Pool.Down() && !b.Pool.Closed()
 }

@@ -111,7 +111,7 @@ func (f *Fleet) Pick(r Request) (*Backend, Reason, error) {
 	var cands set
 	usable := 0
 	for _, b := range f.backends {
-		if r.Tried&b.Bit() != 0 || !b.usable(now) {
+		if r.Tried&b.Bit() != 0 || !b.Usable() {
 			continue
 		}
 		usable++

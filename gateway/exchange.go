@@ -204,11 +204,15 @@ func (x *exchange) finish() {
 		e.RawJSON("queue_wait_ms", x.scratch)
 		e.Int("bytes_in", x.bytesIn).
 			Int64("bytes_out", x.bytesOut).
-			Str("upstream", x.upstream().URL()).
 			Bytes("remote_ip", x.remoteText()) // pooled text; IPAddr would allocate a string per line
-		if x.backend != nil {
+		switch {
+		case x.backend != nil:
 			x.scratch = quoteSafe(x.scratch[:0], x.reason.String())
-			e.Str("backend", x.backend.Name).RawJSON("route_reason", x.scratch).Int("attempts", x.attempts)
+			e.Str("upstream", x.up.URL()).Str("backend", x.backend.Name).RawJSON("route_reason", x.scratch).Int("attempts", x.attempts)
+		case x.attempts > 0: // fleet-wide: every backend answered
+			e.Str("upstream", upstreamFleet).Int("attempts", x.attempts)
+		default: // refused before any backend was chosen
+			e.Str("upstream", g.pool.URL())
 		}
 		if x.upstreamStatus != 0 {
 			e.Int("upstream_status", x.upstreamStatus)
@@ -245,6 +249,10 @@ func (x *exchange) finish() {
 	x.g, x.key, x.conn, x.backend, x.up = nil, nil, nil, nil, nil
 	exchangePool.Put(x)
 }
+
+// upstreamFleet is the access line's upstream for a request answered by
+// every backend at once (lists, model management).
+const upstreamFleet = "fleet"
 
 // upstream is the pool of the backend the request went to, else the first
 // backend's.
