@@ -51,7 +51,7 @@ func (t Ticket) End(r Result, loadDuration time.Duration) {
 			ewma(&f.loadEWMA, loadDuration)
 			// The load may have evicted another model: look again now.
 			b.cat.requestRefresh()
-		} else if !t.start.IsZero() {
+		} else if t.model != "" {
 			ewma(&b.svcEWMA, now.Sub(t.start))
 		}
 	case Failure:

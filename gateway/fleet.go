@@ -93,7 +93,9 @@ func (g *Gateway) send(x *exchange, t target, req *fasthttp.Request, resp *fasth
 			return nil, err
 		}
 		var ticket fleet.Ticket
-		if g.fleet.Len() > 1 {
+		if g.fleet.Len() > 1 && !x.route.manage {
+			// Model management is not load: a pull would count as one
+			// request for minutes and skew the service-time estimate.
 			ticket = b.Start(t.Model)
 		}
 		retries, err := b.Pool.DoWhile(req, resp, x.goneFn)
@@ -182,8 +184,12 @@ func fleetError(err error, model string) (apiError, bool) {
 	return apiError{}, false
 }
 
-// endTicket tells the fleet how the request ended on its backend.
+// endTicket tells the fleet how the request ended on its backend; after
+// model management on a pinned backend, its catalogue is fetched again.
 func (x *exchange) endTicket() {
+	if x.route.manage && x.backend != nil && x.g.fleet.Len() > 1 {
+		x.backend.RefreshCatalogue()
+	}
 	if x.ticket.Backend() == nil {
 		return
 	}
@@ -192,6 +198,9 @@ func (x *exchange) endTicket() {
 	case x.outcome == outcomeClientClosed || x.outcome == outcomeClientWriteTimeout:
 	case x.upstreamStatus >= 200 && x.upstreamStatus < 400 && (x.outcome == outcomeOK || x.outcome == outcomeClientError):
 		res = fleet.Success
+	case x.upstreamStatus == fasthttp.StatusServiceUnavailable:
+		// Ollama's only 503 is "server busy": its queue is full, it is up.
+		res = fleet.Busy
 	case x.upstreamStatus >= 500:
 		res = fleet.Failure
 	case x.outcome == outcomeUpstreamReset || x.outcome == outcomeUpstreamIdleTimeout || x.outcome == outcomeUpstreamProtocol ||
