@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"image"
 	"image/png"
 	"net/http"
@@ -19,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vega-gateway/vega-gateway/ollamatest"
 )
 
 // chromiumPath is Debian's chromium. The test installs nothing: CI runs
@@ -30,9 +33,10 @@ const chromiumPath = "/usr/bin/chromium"
 const chromiumTimeout = 60 * time.Second
 
 // TestBrowserAdminPage loads the admin status page in headless chromium
-// after a burst of mixed traffic and checks that it shows the burst: tiles
-// filled in, every chart drawn with several samples, the models table.
-// It saves a screenshot to artifacts/admin-page.png.
+// after a burst of mixed traffic through the demo fleet and checks that it
+// shows the burst: tiles filled in, every chart drawn with several samples,
+// the models table, the backends table. It saves a screenshot to
+// artifacts/admin-page.png.
 func TestBrowserAdminPage(t *testing.T) {
 	if _, err := os.Stat(chromiumPath); err != nil {
 		t.Skipf("%s not found (%v): install it with `apt-get install -y chromium` to run the browser test", chromiumPath, err)
@@ -41,24 +45,26 @@ func TestBrowserAdminPage(t *testing.T) {
 	data, adminURL := "http://"+p.data, "http://"+p.admin
 
 	// The burst: streamed and whole replies, native and OpenAI, one
-	// failing request and one client that leaves mid-stream.
+	// failing request and one client that leaves mid-stream. The faults are
+	// asked of the fake by header on an installed model: the fleet routes by
+	// the models its backends list.
 	chat := func(model string, stream bool) string {
 		return `{"model":"` + model + `","messages":[{"role":"user","content":"hi"}],"stream":` + strconv.FormatBool(stream) + `}`
 	}
 	calls := []struct {
-		path, body string
-		disconnect bool
+		path, body, fault string
+		disconnect        bool
 	}{
-		{"/api/chat", chat("llama3.2", true), false},
-		{"/api/chat", chat("llama3.2", true), false},
-		{"/api/chat", chat("qwen2.5:0.5b", false), false},
-		{"/api/generate", `{"model":"llama3.2","prompt":"hi","stream":false}`, false},
-		{"/api/generate", `{"model":"qwen2.5:0.5b","prompt":"hi"}`, false},
-		{"/v1/chat/completions", `{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"stream":true}`, false},
-		{"/v1/chat/completions", `{"model":"qwen2.5:0.5b","messages":[{"role":"user","content":"hi"}]}`, false},
-		{"/chat", `{"prompt":"hi"}`, false},
-		{"/api/chat", chat("fault:fail_status=500", false), false},
-		{"/api/chat", chat("fault:infinite", true), true},
+		{"/api/chat", chat("llama3.2", true), "", false},
+		{"/api/chat", chat("llama3.2", true), "", false},
+		{"/api/chat", chat("qwen2.5:0.5b", false), "", false},
+		{"/api/generate", `{"model":"llama3.2","prompt":"hi","stream":false}`, "", false},
+		{"/api/generate", `{"model":"qwen2.5:0.5b","prompt":"hi"}`, "", false},
+		{"/v1/chat/completions", `{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"stream":true}`, "", false},
+		{"/v1/chat/completions", `{"model":"qwen2.5:0.5b","messages":[{"role":"user","content":"hi"}]}`, "", false},
+		{"/chat", `{"prompt":"hi"}`, "", false},
+		{"/api/chat", chat("llama3.2", false), "fail_status=500", false},
+		{"/api/chat", chat("llama3.2", true), "infinite", true},
 	}
 	statuses := make([]int, len(calls))
 	var wg sync.WaitGroup
@@ -66,7 +72,7 @@ func TestBrowserAdminPage(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			statuses[i] = browserTestCall(t, data+c.path, c.body, c.disconnect)
+			statuses[i] = browserTestCall(t, data+c.path, c.body, c.fault, c.disconnect)
 		}()
 	}
 	wg.Wait()
@@ -150,13 +156,18 @@ func TestBrowserAdminPage(t *testing.T) {
 	t.Logf("screenshot: %s", shot)
 }
 
-// browserTestCall sends one request and reads the answer; with disconnect
-// it leaves after three stream lines. It returns the status.
-func browserTestCall(t *testing.T, url, body string, disconnect bool) int {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+// browserTestCall sends one request, with the fake's fault header if fault
+// is set, and reads the answer; with disconnect it leaves after three
+// stream lines. It returns the status. The demo backends load a model in
+// 1.5 s and hold one at a time, so a call may wait for two loads.
+func browserTestCall(t *testing.T, url, body, fault string, disconnect bool) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, "POST", url, strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
+	if fault != "" {
+		req.Header.Set(ollamatest.FaultHeader, fault)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Errorf("%s: %v", url, err)
@@ -226,6 +237,8 @@ var (
 	}
 	bodySamples = regexp.MustCompile(`<body[^>]*\bdata-samples="(\d+)"`)
 	modelRow    = regexp.MustCompile(`<tr><td>([^<]+)</td><td>(\d+)</td>`)
+	backendRow  = regexp.MustCompile(`<tr data-backend="([^"]+)">(.*?)</tr>`)
+	pickCell    = regexp.MustCompile(`<td>[a-z_]+ [0-9]`)
 )
 
 // checkAdminDOM asserts what the rendered page shows after the burst.
@@ -275,8 +288,9 @@ func checkAdminDOM(t *testing.T, dom string, burst int) {
 	if v := text("t-uptime"); !strings.Contains(v, "s") {
 		fail("Uptime tile %q", v)
 	}
-	if v := text("health"); v != "upstream healthy" {
-		fail("health badge %q, want upstream healthy", v)
+	want := fmt.Sprintf("%d/%d backends healthy", len(demoBackends), len(demoBackends))
+	if v := text("health"); v != want {
+		fail("health badge %q, want %s", v, want)
 	}
 	if v := text("status"); !strings.HasPrefix(v, "updated") {
 		fail("status line %q, want updated …", v)
@@ -292,6 +306,27 @@ func checkAdminDOM(t *testing.T, dom string, burst int) {
 		if rows[want] < 1 {
 			fail("models table %v lacks %s", rows, want)
 		}
+	}
+	// The backends table: one healthy row per demo backend, its loaded
+	// models, and the picks that sent the burst there.
+	backends := backendRow.FindAllStringSubmatch(dom, -1)
+	if len(backends) != len(demoBackends) {
+		fail("backends table has %d rows, want %d", len(backends), len(demoBackends))
+	}
+	picked := 0
+	for i, r := range backends {
+		if r[1] != demoBackends[i].name || !strings.Contains(r[2], `<td class="ok">healthy</td>`) {
+			fail("backends row %d: %q %s, want %s healthy", i, r[1], r[2], demoBackends[i].name)
+		}
+		if pickCell.MatchString(r[2]) {
+			picked++
+		}
+	}
+	if picked == 0 {
+		fail("no backend row shows picks after the burst")
+	}
+	if v := text("routing"); !strings.HasPrefix(v, "policy model_aware") {
+		fail("routing line %q, want policy model_aware …", v)
 	}
 	// Each legend names its series with the latest value.
 	for _, l := range []string{"l-pool", "l-rps", "l-lat", "l-tps"} {

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/vega-gateway/vega-gateway/admin"
+	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/metrics"
 	"github.com/vega-gateway/vega-gateway/pool"
@@ -27,6 +28,22 @@ type upstreamSection struct {
 	pool.UpstreamConfig `mapstructure:",squash"`
 	// DefaultModel is used by /chat when the request names none.
 	DefaultModel string `mapstructure:"default_model"`
+}
+
+// upstreamEntry is one backend of config key upstreams. Its pool takes the
+// shared upstream.* (timeouts, health) and pool.* (bounds) settings.
+type upstreamEntry struct {
+	// Name identifies the backend in logs, metrics, the admin page and
+	// X-Vega-Backend. Default: the URL's host:port (fleet.DefaultName).
+	Name string `mapstructure:"name" json:"name"`
+	// URL is the backend's Ollama base URL. Required.
+	URL string `mapstructure:"url" json:"url"`
+	// Weight is the backend's share of requests relative to the others (a
+	// GPU twice as fast: 2). Default 1; zero selects the default.
+	Weight int `mapstructure:"weight" json:"weight"`
+	// MaxConnections bounds this backend's upstream connections instead of
+	// pool.max_connections. Zero keeps pool.max_connections.
+	MaxConnections int `mapstructure:"max_connections" json:"max_connections"`
 }
 
 // logConfig is config key log.*.
@@ -46,14 +63,18 @@ type logConfig struct {
 
 // config is the whole file, one section per package.
 type config struct {
-	Gateway  gateway.Config     `mapstructure:"gateway"`
-	Admin    admin.Config       `mapstructure:"admin"`
-	Upstream upstreamSection    `mapstructure:"upstream"`
-	Pool     pool.Config        `mapstructure:"pool"`
-	Auth     gateway.AuthConfig `mapstructure:"auth"`
-	Chat     gateway.ChatConfig `mapstructure:"chat"`
-	Log      logConfig          `mapstructure:"log"`
-	Metrics  metrics.Config     `mapstructure:"metrics"`
+	Gateway  gateway.Config  `mapstructure:"gateway"`
+	Admin    admin.Config    `mapstructure:"admin"`
+	Upstream upstreamSection `mapstructure:"upstream"`
+	// Upstreams lists several backends; empty means the one at
+	// upstream.url.
+	Upstreams []upstreamEntry    `mapstructure:"upstreams"`
+	Routing   fleet.Config       `mapstructure:"routing"`
+	Pool      pool.Config        `mapstructure:"pool"`
+	Auth      gateway.AuthConfig `mapstructure:"auth"`
+	Chat      gateway.ChatConfig `mapstructure:"chat"`
+	Log       logConfig          `mapstructure:"log"`
+	Metrics   metrics.Config     `mapstructure:"metrics"`
 }
 
 // defaults lists every key with its default. Each default comes from the
@@ -85,40 +106,50 @@ func defaults() map[string]any {
 		"gateway.max_client_connections": gateway.DefaultMaxClientConnections,
 		"gateway.trusted_proxies":        []string{},
 
-		"admin.listen":                admin.DefaultListen,
-		"upstream.url":                pool.DefaultURL,
-		"upstream.default_model":      gateway.DefaultDefaultModel,
-		"upstream.connect_timeout":    pool.DefaultConnectTimeout,
-		"upstream.first_byte_timeout": pool.DefaultFirstByteTimeout,
-		"upstream.idle_timeout":       pool.DefaultIdleTimeout,
-		"upstream.max_response_bytes": pool.DefaultMaxResponseBytes,
-		"upstream.health_interval":    pool.DefaultHealthInterval,
-		"upstream.health_timeout":     pool.DefaultHealthTimeout,
-		"upstream.unhealthy_after":    pool.DefaultUnhealthyAfter,
-		"upstream.healthy_after":      pool.DefaultHealthyAfter,
-		"pool.max_connections":        pool.DefaultMaxConnections,
-		"pool.max_queue":              pool.DefaultMaxQueue,
-		"pool.max_wait":               pool.DefaultMaxWait,
-		"pool.max_idle_conn_duration": pool.DefaultMaxIdleConnDuration,
-		"auth.api_keys":               []string{},
-		"auth.admin_api_keys":         []string{},
-		"auth.keys":                   []gateway.KeyConfig{},
-		"auth.keys_file":              "",
-		"auth.allow_model_management": false,
-		"auth.max_failures_per_ip":    0,
-		"chat.max_history_messages":   gateway.DefaultMaxHistoryMessages,
-		"chat.max_body_bytes":         gateway.DefaultMaxChatBodyBytes,
-		"chat.max_prompt_bytes":       gateway.DefaultMaxPromptBytes,
-		"chat.max_tokens":             gateway.DefaultChatMaxTokens,
-		"chat.max_context":            0,
-		"log.level":                   "info",
-		"log.dir":                     "logs",
-		"log.max_size_mb":             100,
-		"log.max_backups":             5,
-		"log.buffer_lines":            10000,
-		"metrics.models":              []string{},
-		"metrics.max_models":          metrics.DefaultMaxModels,
-		"metrics.cold_load_threshold": metrics.DefaultColdLoadThreshold,
+		"admin.listen":                 admin.DefaultListen,
+		"upstream.url":                 pool.DefaultURL,
+		"upstream.default_model":       gateway.DefaultDefaultModel,
+		"upstream.connect_timeout":     pool.DefaultConnectTimeout,
+		"upstream.first_byte_timeout":  pool.DefaultFirstByteTimeout,
+		"upstream.idle_timeout":        pool.DefaultIdleTimeout,
+		"upstream.max_response_bytes":  pool.DefaultMaxResponseBytes,
+		"upstream.health_interval":     pool.DefaultHealthInterval,
+		"upstream.health_timeout":      pool.DefaultHealthTimeout,
+		"upstream.unhealthy_after":     pool.DefaultUnhealthyAfter,
+		"upstream.healthy_after":       pool.DefaultHealthyAfter,
+		"upstreams":                    []upstreamEntry{},
+		"routing.policy":               fleet.DefaultPolicy,
+		"routing.refresh_interval":     fleet.DefaultRefreshInterval,
+		"routing.max_attempts":         fleet.DefaultMaxAttempts,
+		"routing.saturated_at":         fleet.DefaultSaturatedAt,
+		"routing.affinity_load_factor": fleet.DefaultAffinityLoadFactor,
+		"routing.breaker_failures":     fleet.DefaultBreakerFailures,
+		"routing.breaker_backoff":      fleet.DefaultBreakerBackoff,
+		"routing.breaker_max_backoff":  fleet.DefaultBreakerMaxBackoff,
+		"routing.cold_load_threshold":  fleet.DefaultColdLoadThreshold,
+		"pool.max_connections":         pool.DefaultMaxConnections,
+		"pool.max_queue":               pool.DefaultMaxQueue,
+		"pool.max_wait":                pool.DefaultMaxWait,
+		"pool.max_idle_conn_duration":  pool.DefaultMaxIdleConnDuration,
+		"auth.api_keys":                []string{},
+		"auth.admin_api_keys":          []string{},
+		"auth.keys":                    []gateway.KeyConfig{},
+		"auth.keys_file":               "",
+		"auth.allow_model_management":  false,
+		"auth.max_failures_per_ip":     0,
+		"chat.max_history_messages":    gateway.DefaultMaxHistoryMessages,
+		"chat.max_body_bytes":          gateway.DefaultMaxChatBodyBytes,
+		"chat.max_prompt_bytes":        gateway.DefaultMaxPromptBytes,
+		"chat.max_tokens":              gateway.DefaultChatMaxTokens,
+		"chat.max_context":             0,
+		"log.level":                    "info",
+		"log.dir":                      "logs",
+		"log.max_size_mb":              100,
+		"log.max_backups":              5,
+		"log.buffer_lines":             10000,
+		"metrics.models":               []string{},
+		"metrics.max_models":           metrics.DefaultMaxModels,
+		"metrics.cold_load_threshold":  metrics.DefaultColdLoadThreshold,
 	}
 }
 
@@ -175,6 +206,7 @@ func loadConfig(path string, overrides map[string]any, environ []string) (config
 		mapstructure.StringToTimeDurationHookFunc(),
 		stringToKeyList(),
 		jsonToScopedKeys(),
+		stringToUpstreams(),
 	)))
 	if err != nil {
 		return config{}, redact(err)
@@ -240,6 +272,37 @@ func jsonToScopedKeys() mapstructure.DecodeHookFuncType {
 	}
 }
 
+// stringToUpstreams decodes VEGA_UPSTREAMS: comma-separated URLs (each
+// backend named by its host:port), or a JSON list of {name, url, weight,
+// max_connections}. In a file, an entry may be a bare URL too.
+func stringToUpstreams() mapstructure.DecodeHookFuncType {
+	return func(from, to reflect.Type, data any) (any, error) {
+		if from.Kind() == reflect.String && to == reflect.TypeFor[upstreamEntry]() {
+			return upstreamEntry{URL: strings.TrimSpace(data.(string))}, nil
+		}
+		if from.Kind() != reflect.String || to != reflect.TypeFor[[]upstreamEntry]() {
+			return data, nil
+		}
+		s := strings.TrimSpace(data.(string))
+		var out []upstreamEntry
+		if strings.HasPrefix(s, "[") {
+			dec := json.NewDecoder(strings.NewReader(s))
+			dec.DisallowUnknownFields()
+			if err := dec.Decode(&out); err != nil {
+				// encoding/json's messages name fields and types, never values.
+				return nil, fmt.Errorf("upstreams: must be comma-separated URLs or a JSON list of {name, url, weight, max_connections}: %w", err)
+			}
+			return out, nil
+		}
+		for part := range strings.SplitSeq(s, ",") {
+			if part = strings.TrimSpace(part); part != "" {
+				out = append(out, upstreamEntry{URL: part})
+			}
+		}
+		return out, nil
+	}
+}
+
 // redact drops values from decode errors: a mistyped key list must not
 // print the keys.
 func redact(err error) error {
@@ -283,9 +346,9 @@ func (c config) validate() error {
 	if c.Admin.Listen == c.Gateway.Listen {
 		return fmt.Errorf("admin.listen: must differ from gateway.listen (%q)", c.Gateway.Listen)
 	}
-	// The packages validate their own sections; building a pool starts
-	// nothing and opens no connection.
-	if _, err := pool.New(c.Upstream.UpstreamConfig, c.Pool); err != nil {
+	// The packages validate their own sections; building the pools and the
+	// fleet starts nothing and opens no connection.
+	if _, err := c.newFleet(); err != nil {
 		return err
 	}
 	if c.Pool.MaxConnections <= 0 {
@@ -295,4 +358,54 @@ func (c config) validate() error {
 		return fmt.Errorf("pool.max_wait: must be positive, got %s", c.Pool.MaxWait)
 	}
 	return nil
+}
+
+// newFleet builds one pool per backend — upstreams, else upstream.url
+// alone — each with the shared upstream.* and pool.* settings, its own URL
+// and its max_connections, and the fleet over them. It starts nothing.
+func (c config) newFleet() (*fleet.Fleet, error) {
+	entries := c.Upstreams
+	if len(entries) == 0 {
+		p, err := pool.New(c.Upstream.UpstreamConfig, c.Pool)
+		if err != nil {
+			return nil, err
+		}
+		return fleet.New(c.Routing, []fleet.Member{{Pool: p}})
+	}
+	if c.Upstream.URL != pool.DefaultURL {
+		return nil, errors.New("upstreams: upstream.url is set too; name one backend with upstream.url or several with upstreams, not both")
+	}
+	if len(entries) > fleet.MaxBackends {
+		return nil, fmt.Errorf("upstreams: at most %d backends, got %d", fleet.MaxBackends, len(entries))
+	}
+	members := make([]fleet.Member, 0, len(entries))
+	urls := map[string]int{}
+	for i, e := range entries {
+		switch {
+		case strings.TrimSpace(e.URL) == "":
+			return nil, fmt.Errorf("upstreams[%d].url: must be set", i)
+		case e.Weight < 0:
+			return nil, fmt.Errorf("upstreams[%d].weight: must not be negative, got %d", i, e.Weight)
+		case e.MaxConnections < 0:
+			return nil, fmt.Errorf("upstreams[%d].max_connections: must not be negative, got %d", i, e.MaxConnections)
+		}
+		// Checked before the fleet's own check, which would first find the
+		// default names (host:port) equal and blame the name.
+		u := strings.TrimSuffix(strings.ToLower(strings.TrimSpace(e.URL)), "/")
+		if j, ok := urls[u]; ok {
+			return nil, fmt.Errorf("upstreams[%d].url: the same as upstreams[%d].url", i, j)
+		}
+		urls[u] = i
+		up, pc := c.Upstream.UpstreamConfig, c.Pool
+		up.URL = e.URL
+		if e.MaxConnections > 0 {
+			pc.MaxConnections = e.MaxConnections
+		}
+		p, err := pool.New(up, pc)
+		if err != nil {
+			return nil, fmt.Errorf("upstreams[%d]: %w", i, err)
+		}
+		members = append(members, fleet.Member{Name: e.Name, Weight: e.Weight, Pool: p})
+	}
+	return fleet.New(c.Routing, members)
 }

@@ -11,6 +11,7 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/metrics"
 	"github.com/vega-gateway/vega-gateway/pool"
@@ -172,6 +173,12 @@ func registryLabels(t *testing.T) map[string][]string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	p, err := pool.New(pool.UpstreamConfig{URL: "http://127.0.0.1:11434"}, pool.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	m.RegisterFleet(fleet.Single(p).Snapshot) // the per-backend series
 	m.Observe(&gateway.Record{
 		Route: "/api/chat", Method: "POST", Status: 200, Duration: time.Second, TTFB: 100 * time.Millisecond,
 		TTFT: 150 * time.Millisecond, Streamed: true, Model: "llama3.2", PromptTokens: 10, CompletionTokens: 20,

@@ -25,15 +25,16 @@ func TestLogSuppressedMetric(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
+	f := fleet.Single(p)
 	gw, err := gateway.New(gateway.Config{}, gateway.ChatConfig{},
 		gateway.AuthConfig{APIKeys: []string{"metric-key-0123456789abcdef0123"}, FailureLogLinesPerSecond: 1},
-		fleet.Single(p), zerolog.New(io.Discard))
+		f, zerolog.New(io.Discard))
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, sink := newLogger(logConfig{Level: "info", MaxSizeMB: 1, BufferLines: 16}, io.Discard, io.Discard)
 	defer sink.Close()
-	m, err := newObservability(metrics.Config{}, p, gw, sink)
+	m, err := newObservability(metrics.Config{}, f, gw, sink)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vega-gateway/vega-gateway/ollamatest"
 )
 
 // TestMain lets the test binary act as vega-gateway in a subprocess, so the
@@ -219,16 +221,31 @@ func TestServeDemo(t *testing.T) {
 	if st, _, _ := post(t, "http://"+p.data+"/chat", `{"prompt":"test"}`, nil); st != 401 {
 		t.Fatalf("/chat without key: %d", st)
 	}
+	// The demo is a fleet of three fakes: the /chat went to one of them,
+	// each pool has its one client.
 	st, _, body = get(t, "http://"+p.admin+"/admin/resources/pools", auth)
 	var pools struct {
-		Upstream   string `json:"upstream"`
-		UsageStats struct {
-			ClientsCreated int `json:"clients_created"`
-			RequestsMade   int `json:"requests_made"`
-		} `json:"usage_stats"`
+		Upstream string `json:"upstream"`
+		Pools    []struct {
+			Name       string `json:"name"`
+			UsageStats struct {
+				ClientsCreated int `json:"clients_created"`
+				RequestsMade   int `json:"requests_made"`
+			} `json:"usage_stats"`
+		} `json:"pools"`
 	}
-	if st != 200 || json.Unmarshal(body, &pools) != nil || pools.UsageStats.ClientsCreated != 1 || pools.UsageStats.RequestsMade != 1 {
+	if st != 200 || json.Unmarshal(body, &pools) != nil || len(pools.Pools) != len(demoBackends) || pools.Upstream == "" {
 		t.Fatalf("pools: %d %s", st, body)
+	}
+	requests := 0
+	for i, b := range pools.Pools {
+		if b.Name != demoBackends[i].name || b.UsageStats.ClientsCreated != 1 {
+			t.Fatalf("pools[%d]: name %q, clients_created %d; want %q, 1", i, b.Name, b.UsageStats.ClientsCreated, demoBackends[i].name)
+		}
+		requests += b.UsageStats.RequestsMade
+	}
+	if requests != 1 {
+		t.Fatalf("requests_made over the pools = %d, want 1: %s", requests, body)
 	}
 	if st, _, _ := get(t, "http://"+p.data+"/admin/resources/pools", auth); st != 404 {
 		t.Fatalf("admin route on the data port: %d", st)
@@ -387,11 +404,25 @@ func TestDefaultHealthURL(t *testing.T) {
 }
 
 // openStream starts a streaming /api/chat and returns its reader after the
-// first line arrived.
+// first line arrived. A "fault:" model is sent as the fake's fault header on
+// llama3.2: a fleet routes by the models its backends list, and fault
+// models are never listed.
 func openStream(t *testing.T, addr, model string) (*bufio.Reader, func()) {
 	t.Helper()
-	resp, err := http.Post("http://"+addr+"/api/chat", "application/json",
+	mode, fault := strings.CutPrefix(model, ollamatest.FaultModelPrefix)
+	if fault {
+		model = "llama3.2"
+	}
+	req, err := http.NewRequest("POST", "http://"+addr+"/api/chat",
 		strings.NewReader(`{"model":"`+model+`","messages":[{"role":"user","content":"hi"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if fault {
+		req.Header.Set(ollamatest.FaultHeader, mode)
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,25 +3,34 @@ package main
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/metrics"
 	"github.com/vega-gateway/vega-gateway/pool"
 )
 
-// newObservability builds the shared metrics registry over p. The registry
-// reads the pool at scrape time only, so /metrics and
+// newObservability builds the shared metrics registry over the fleet and
+// its pools. The registry reads them at scrape time only, so /metrics and
 // /admin/resources/pools show the same counters.
-func newObservability(cfg metrics.Config, p *pool.Pool, gw *gateway.Gateway, sink *logSink) (*metrics.Metrics, error) {
-	m, err := metrics.New(cfg, version, func() []pool.Snapshot { return []pool.Snapshot{p.Snapshot()} })
+func newObservability(cfg metrics.Config, f *fleet.Fleet, gw *gateway.Gateway, sink *logSink) (*metrics.Metrics, error) {
+	pools := fleetPools(f)
+	m, err := metrics.New(cfg, version, func() []pool.Snapshot { return poolSnapshots(pools) })
 	if err != nil {
 		return nil, err
 	}
+	m.RegisterFleet(f.Snapshot)
 	m.SetStreamsSource(gw.Streams)
 	gw.SetObserver(m.Observe)
 	m.Registry().MustRegister(
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "vega_panics_total", Help: "Panics recovered in request handlers, stream writers and health probes (each is a bug; a request's stack is in the log).",
-		}, func() float64 { return float64(gw.Panics() + p.Stats().ProbePanics.Load()) }),
+		}, func() float64 {
+			n := gw.Panics()
+			for _, p := range pools {
+				n += p.Stats().ProbePanics.Load()
+			}
+			return float64(n)
+		}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "vega_config_reload_failures_total", Help: "Key reloads (SIGHUP re-reads auth.keys_file) that failed; the previous keys stayed in force.",
 		}, func() float64 { return float64(gw.KeyReloadFailures()) }),
@@ -36,4 +45,21 @@ func newObservability(cfg metrics.Config, p *pool.Pool, gw *gateway.Gateway, sin
 		}, func() float64 { return float64(sink.WriteErrors.Load()) }),
 	)
 	return m, nil
+}
+
+// fleetPools lists the fleet's pools in configuration order.
+func fleetPools(f *fleet.Fleet) []*pool.Pool {
+	out := make([]*pool.Pool, f.Len())
+	for i, b := range f.Backends() {
+		out[i] = b.Pool
+	}
+	return out
+}
+
+func poolSnapshots(pools []*pool.Pool) []pool.Snapshot {
+	out := make([]pool.Snapshot, len(pools))
+	for i, p := range pools {
+		out[i] = p.Snapshot()
+	}
+	return out
 }

@@ -37,16 +37,24 @@ func serveCommand(args []string, stdout, stderr io.Writer) int {
 	if *logLevel != "" {
 		overrides["log.level"] = *logLevel
 	}
-	var fake *ollamatest.Server
+	var demoFleet []demoBackend
 	if *demo {
 		var err error
-		fake, err = ollamatest.NewServer(ollamatest.Config{TokenDelay: 20 * time.Millisecond})
-		if err != nil {
-			fmt.Fprintf(stderr, "vega-gateway: demo backend: %v\n", err)
+		if demoFleet, err = startDemo(); err != nil {
+			fmt.Fprintf(stderr, "vega-gateway: demo backends: %v\n", err)
 			return 1
 		}
-		defer fake.Close()
-		overrides["upstream.url"] = fake.URL()
+		defer func() {
+			for _, d := range demoFleet {
+				d.fake.Close()
+			}
+		}()
+		upstreams := make([]map[string]any, len(demoFleet))
+		for i, d := range demoFleet {
+			upstreams[i] = map[string]any{"name": d.name, "url": d.fake.URL()}
+		}
+		overrides["upstreams"] = upstreams
+		overrides["upstream.url"] = pool.DefaultURL // the demo backends replace any configured upstream
 	}
 	cfg, err := loadConfig(*configPath, overrides, os.Environ())
 	if err != nil {
@@ -55,8 +63,9 @@ func serveCommand(args []string, stdout, stderr io.Writer) int {
 	}
 	log, sink := newLogger(cfg.Log, stdout, stderr)
 	defer sink.Close()
-	if fake != nil {
-		log.Info().Str("upstream", fake.URL()).Msg("demo mode: serving a built-in fake Ollama")
+	for _, d := range demoFleet {
+		log.Info().Str("backend", d.name).Str("upstream", d.fake.URL()).Strs("models", d.models).
+			Msg("demo mode: serving a built-in fake Ollama")
 	}
 	app, err := newApp(cfg, log, sink)
 	if err != nil {
@@ -72,11 +81,52 @@ func serveCommand(args []string, stdout, stderr io.Writer) int {
 	return app.run(sigs, hup)
 }
 
-// app is the wired process: listeners, gateway, admin, pool, prober.
+// demoBackend is one of serve --demo's fake Ollama servers.
+type demoBackend struct {
+	name   string
+	models []string
+	fake   *ollamatest.Server // set by startDemo
+}
+
+// demoBackends: each fake has other models installed, holds one model
+// loaded at a time and runs two requests per model at once, so routing by
+// model, warmth and load shows from the first request.
+var demoBackends = []demoBackend{
+	{name: "gpu-a", models: []string{"llama3.2", "qwen2.5:0.5b"}},
+	{name: "gpu-b", models: []string{"llama3.2", "nomic-embed-text"}},
+	{name: "gpu-c", models: []string{"qwen2.5:0.5b", "nomic-embed-text"}},
+}
+
+// startDemo starts the demo backends on free loopback ports; on error none
+// is left running.
+func startDemo() ([]demoBackend, error) {
+	var out []demoBackend
+	for _, d := range demoBackends {
+		fake, err := ollamatest.NewServer(ollamatest.Config{
+			Models: d.models,
+			Scheduler: &ollamatest.SchedulerConfig{
+				NumParallel: 2, MaxLoadedModels: 1, LoadTime: 1500 * time.Millisecond, PromptTokenTime: 200 * time.Microsecond,
+			},
+			TokenDelay: 20 * time.Millisecond,
+		})
+		if err != nil {
+			for _, o := range out {
+				o.fake.Close()
+			}
+			return nil, fmt.Errorf("%s: %w", d.name, err)
+		}
+		d.fake = fake
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// app is the wired process: listeners, gateway, admin, fleet and pools.
 type app struct {
 	cfg     config
 	log     zerolog.Logger
-	pool    *pool.Pool
+	fleet   *fleet.Fleet
+	pools   []*pool.Pool
 	gw      *gateway.Gateway
 	admin   *admin.Server
 	gwLn    net.Listener
@@ -86,13 +136,13 @@ type app struct {
 // newApp builds everything and binds both ports; nothing serves yet. On
 // error no port is left bound.
 func newApp(cfg config, log zerolog.Logger, sink *logSink) (*app, error) {
-	p, err := pool.New(cfg.Upstream.UpstreamConfig, cfg.Pool)
+	f, err := cfg.newFleet()
 	if err != nil {
 		return nil, err
 	}
 	gcfg := cfg.Gateway
 	gcfg.DefaultModel = cfg.Upstream.DefaultModel
-	gw, err := gateway.New(gcfg, cfg.Chat, cfg.Auth, fleet.Single(p), log)
+	gw, err := gateway.New(gcfg, cfg.Chat, cfg.Auth, f, log)
 	if err != nil {
 		return nil, err
 	}
@@ -104,15 +154,16 @@ func newApp(cfg config, log zerolog.Logger, sink *logSink) (*app, error) {
 	if err != nil {
 		return nil, fmt.Errorf("auth.admin_api_keys: %w", err)
 	}
-	a := &app{cfg: cfg, log: log, pool: p, gw: gw}
+	pools := fleetPools(f)
+	a := &app{cfg: cfg, log: log, fleet: f, pools: pools, gw: gw}
 	src := admin.Sources{
-		Pools: func() []pool.Snapshot { return []pool.Snapshot{p.Snapshot()} },
-		Ready: func() bool { return p.Ready() && !p.Closed() },
+		Fleet: f.Snapshot,
+		Ready: func() bool { return anyReady(pools) },
 	}
 	if !adminRing.Open() {
 		src.Authorize = adminRing.Allowed
 	}
-	obs, err := newObservability(cfg.Metrics, p, gw, sink)
+	obs, err := newObservability(cfg.Metrics, f, gw, sink)
 	if err != nil {
 		return nil, err
 	}
@@ -132,6 +183,17 @@ func newApp(cfg config, log zerolog.Logger, sink *logSink) (*app, error) {
 	return a, nil
 }
 
+// anyReady: some backend has answered its health probe and its pool is not
+// closed; the fleet routes around the others.
+func anyReady(pools []*pool.Pool) bool {
+	for _, p := range pools {
+		if p.Ready() && !p.Closed() {
+			return true
+		}
+	}
+	return false
+}
+
 // run serves until a signal, then drains: /readyz turns 503 and queued
 // requests are refused at once, in-flight ones get gateway.drain_timeout.
 // A second signal exits at once.
@@ -146,20 +208,33 @@ func (a *app) run(sigs, hup <-chan os.Signal) int {
 			break
 		}
 	}
-	log.Info().Str("gateway", a.gwLn.Addr().String()).Str("admin", a.adminLn.Addr().String()).
-		Str("upstream", a.pool.URL()).Str("version", version).Msg("vega-gateway started")
+	backends := zerolog.Arr()
+	for _, b := range a.fleet.Backends() {
+		backends.Dict(zerolog.Dict().Str("name", b.Name).Str("url", b.Pool.URL()).Int("weight", b.Weight))
+	}
+	started := log.Info().Str("gateway", a.gwLn.Addr().String()).Str("admin", a.adminLn.Addr().String())
+	if a.fleet.Len() == 1 {
+		started.Str("upstream", a.fleet.First().Pool.URL())
+	} else {
+		started.Str("routing_policy", a.fleet.Config().Policy)
+	}
+	started.Array("backends", backends).Str("version", version).Msg("vega-gateway started")
 
+	// The fleet runs every backend's health prober (and, with several, its
+	// catalogue refresher) until stopHealth; Run returns once they have.
 	healthCtx, stopHealth := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Add(3)
 	go func() {
 		defer wg.Done()
-		a.pool.RunHealth(healthCtx, func(ch pool.HealthChange) {
+		several := a.fleet.Len() > 1
+		a.fleet.Run(healthCtx, func(b *fleet.Backend, ch pool.HealthChange) {
 			ev := log.Info()
 			if !ch.Healthy {
 				ev = log.Warn().AnErr("error", ch.Err)
 			}
-			ev.Bool("healthy", ch.Healthy).Bool("down", ch.Down).Str("upstream", a.pool.URL()).Msg(healthMessage(ch))
+			ev.Bool("healthy", ch.Healthy).Bool("down", ch.Down).Str("backend", b.Name).Str("upstream", b.Pool.URL()).
+				Msg(healthMessage(ch, several))
 		})
 	}()
 	serveErr := make(chan error, 2)
@@ -185,7 +260,9 @@ wait:
 			break wait
 		}
 	}
-	a.pool.Close() // readyz 503, queued requests 503 shutting_down
+	for _, p := range a.pools {
+		p.Close() // readyz 503, queued requests 503 shutting_down
+	}
 	done := make(chan struct{})
 	go func() {
 		drainCtx, cancel := context.WithTimeout(context.Background(), a.cfg.Gateway.DrainTimeout)
@@ -266,12 +343,18 @@ func resourceExhausted(err error) bool {
 		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
 }
 
-func healthMessage(ch pool.HealthChange) string {
+// healthMessage describes a backend's health transition; several says the
+// fleet has other backends to route to.
+func healthMessage(ch pool.HealthChange, several bool) string {
 	switch {
 	case ch.Healthy:
 		return "upstream is healthy"
+	case ch.Down && several:
+		return "upstream marked down after failed health probes; requests go to the other backends"
 	case ch.Down:
 		return "upstream marked down after failed health probes; requests fail fast with 503"
+	case several:
+		return "upstream not reachable yet; requests go to the other backends"
 	}
 	return "upstream not reachable yet; /readyz answers 503 until it is"
 }

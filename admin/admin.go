@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
 
+	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/pool"
 )
 
@@ -25,10 +26,14 @@ type Config struct {
 }
 
 // Sources are the functions the admin server reads what it shows from.
-// Only Pools and Ready are required.
+// Ready and one of Pools and Fleet are required.
 type Sources struct {
 	// Pools returns a snapshot of every upstream pool, first one first.
+	// Not read when Fleet is set.
 	Pools func() []pool.Snapshot
+	// Fleet returns every backend's routing state with its pool, first
+	// configured first; /admin/resources/pools then shows both.
+	Fleet func() fleet.Snapshot
 	// Ready reports whether the gateway can serve (upstream healthy, not
 	// draining): what /readyz answers.
 	Ready func() bool
@@ -55,8 +60,8 @@ func New(cfg Config, src Sources, log zerolog.Logger) (*Server, error) {
 	if cfg.Listen == "" {
 		cfg.Listen = DefaultListen
 	}
-	if src.Pools == nil || src.Ready == nil {
-		return nil, fmt.Errorf("admin: Pools and Ready sources are required")
+	if (src.Pools == nil && src.Fleet == nil) || src.Ready == nil {
+		return nil, fmt.Errorf("admin: the Ready source and a Pools or Fleet source are required")
 	}
 	s := &Server{cfg: cfg, src: src, log: log, loopback: IsLoopback(cfg.Listen)}
 	s.server = &fasthttp.Server{
@@ -129,6 +134,10 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx) {
 	}
 	switch path {
 	case "/admin/resources/pools":
+		if s.src.Fleet != nil {
+			writeJSON(ctx, 200, fleetView(s.src.Fleet(), time.Now()))
+			return
+		}
 		writeJSON(ctx, 200, poolsView(s.src.Pools()))
 	case "/admin/resources/stats":
 		if s.src.Stats == nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
 
+	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/pool"
 )
 
@@ -236,6 +237,8 @@ func TestPage(t *testing.T) {
 		{"/admin/", "text/html", "<canvas id=\"c-pool\""},
 		{"/admin", "text/html", "/admin/app.js"},
 		{"/admin/app.js", "text/javascript", "/admin/resources/stats"},
+		{"/admin/", "text/html", "<table id=\"fleet\""},
+		{"/admin/app.js", "text/javascript", "renderFleet"},
 		{"/admin/app.css", "text/css", ".tiles"},
 	}
 	for _, tt := range tests {
@@ -257,6 +260,165 @@ func TestPage(t *testing.T) {
 				if strings.Contains(string(r.body), cdn) {
 					t.Errorf("body references an external origin (%s)", cdn)
 				}
+			}
+		})
+	}
+}
+
+// fakeFleet is two backends: the first healthy and warm, the second with its
+// breaker open and its catalogue failing.
+func fakeFleet(now time.Time) fleet.Snapshot {
+	second := fakeSnapshot()
+	second.Upstream, second.MaxConnections, second.RequestsMade = "http://10.0.0.2:11434", 4, 9
+	second.Health = pool.HealthSnapshot{Probed: true, Down: true, ConsecutiveFailures: 3}
+	return fleet.Snapshot{
+		Policy: fleet.PolicyModelAware, NoBackend: 2, ModelMissing: 5,
+		Backends: []fleet.BackendSnapshot{
+			{
+				Name: "gpu-a", Weight: 2, Pool: fakeSnapshot(), Outstanding: 3,
+				OutstandingByModel: map[string]int64{"llama3.2:latest": 3},
+				Installed:          []string{"llama3.2:latest", "qwen2.5:0.5b"}, Loaded: []string{"llama3.2:latest"},
+				CatalogueKnown: true, CatalogueAt: now.Add(-1500 * time.Millisecond), CatalogueRefreshes: 7,
+				Breaker:   fleet.BreakerState{State: "closed"},
+				Picks:     map[string]int64{"loaded": 4, "affinity": 6, "failover": 0},
+				ColdLoads: 1, Busy: 2, Failures: 0,
+			},
+			{
+				Name: "gpu-b", Weight: 1, Pool: second, CatalogueError: "GET /api/tags: dial tcp: connection refused",
+				CatalogueErrors: 3, CatalogueRefreshes: 3,
+				Breaker:  fleet.BreakerState{State: "open", ConsecutiveFailures: 5, OpenUntil: now.Add(time.Second), Opens: 1},
+				Failures: 5,
+			},
+		},
+	}
+}
+
+// TestPoolsFleetJSON: with a Fleet source the seed fields are the first
+// backend's pool, every backend is listed with its routing state beside its
+// pool numbers, and the fleet-wide counters are under routing.
+func TestPoolsFleetJSON(t *testing.T) {
+	var ready atomic.Bool
+	ready.Store(true)
+	src := fakeSources(&ready)
+	now := time.Now()
+	src.Pools = nil
+	src.Fleet = func() fleet.Snapshot { return fakeFleet(now) }
+	base := startAdmin(t, "127.0.0.1:0", src)
+	r := get(t, "GET", base+"/admin/resources/pools", "", map[string]string{"X-API-Key": testKey})
+	if r.status != 200 {
+		t.Fatalf("status = %d, want 200; body %s", r.status, r.body)
+	}
+	type backend struct {
+		PoolView
+		Name        string          `json:"name"`
+		URL         string          `json:"url"`
+		Weight      int             `json:"weight"`
+		Models      ModelsView      `json:"models"`
+		Catalogue   CatalogueView   `json:"catalogue"`
+		Breaker     BreakerView     `json:"breaker"`
+		Outstanding OutstandingView `json:"outstanding"`
+		Picks       map[string]int  `json:"picks"`
+		ColdLoads   int             `json:"cold_loads"`
+		Busy        int             `json:"busy"`
+		Failures    int             `json:"failures"`
+	}
+	var doc struct {
+		PoolView
+		Pools   []backend    `json:"pools"`
+		Routing *RoutingView `json:"routing"`
+	}
+	if err := json.Unmarshal(r.body, &doc); err != nil {
+		t.Fatalf("decode: %v; body %s", err, r.body)
+	}
+	if doc.Upstream != "http://127.0.0.1:11434" || doc.MaxConnections != 8 || doc.UsageStats.RequestsMade != 40 {
+		t.Errorf("seed fields = %+v, want the first backend's pool", doc.PoolView)
+	}
+	if len(doc.Pools) != 2 {
+		t.Fatalf("pools = %d entries, want 2; body %s", len(doc.Pools), r.body)
+	}
+	a, b := doc.Pools[0], doc.Pools[1]
+	for _, c := range []struct {
+		name      string
+		got, want any
+	}{
+		{"a.name", a.Name, "gpu-a"}, {"a.url", a.URL, "http://127.0.0.1:11434"}, {"a.weight", a.Weight, 2},
+		{"a.upstream", a.Upstream, "http://127.0.0.1:11434"}, {"a.requests_made", a.UsageStats.RequestsMade, int64(40)},
+		{"a.models.installed", strings.Join(a.Models.Installed, ","), "llama3.2:latest,qwen2.5:0.5b"},
+		{"a.models.loaded", strings.Join(a.Models.Loaded, ","), "llama3.2:latest"},
+		{"a.catalogue.known", a.Catalogue.Known, true}, {"a.catalogue.refreshes", a.Catalogue.Refreshes, int64(7)},
+		{"a.catalogue.age_seconds", a.Catalogue.AgeSeconds != nil && *a.Catalogue.AgeSeconds >= 1.5, true},
+		{"a.breaker.state", a.Breaker.State, "closed"}, {"a.breaker.open_until", a.Breaker.OpenUntil == nil, true},
+		{"a.outstanding.total", a.Outstanding.Total, int64(3)}, {"a.outstanding.by_model", a.Outstanding.ByModel["llama3.2:latest"], int64(3)},
+		{"a.picks.affinity", a.Picks["affinity"], 6}, {"a.picks.loaded", a.Picks["loaded"], 4},
+		{"a.cold_loads", a.ColdLoads, 1}, {"a.busy", a.Busy, 2}, {"a.failures", a.Failures, 0},
+		{"b.name", b.Name, "gpu-b"}, {"b.max_connections", b.MaxConnections, 4}, {"b.health.down", b.Health.Down, true},
+		{"b.models.installed", len(b.Models.Installed), 0}, {"b.catalogue.known", b.Catalogue.Known, false},
+		{"b.catalogue.refreshed_at", b.Catalogue.RefreshedAt == nil && b.Catalogue.AgeSeconds == nil, true},
+		{"b.catalogue.error", strings.HasPrefix(b.Catalogue.Error, "GET /api/tags"), true}, {"b.catalogue.errors", b.Catalogue.Errors, int64(3)},
+		{"b.breaker.state", b.Breaker.State, "open"}, {"b.breaker.consecutive_failures", b.Breaker.ConsecutiveFailures, 5},
+		{"b.breaker.open_until", b.Breaker.OpenUntil != nil, true}, {"b.breaker.opens", b.Breaker.Opens, int64(1)},
+		{"b.failures", b.Failures, 5},
+		{"routing", doc.Routing != nil && *doc.Routing == RoutingView{Policy: "model_aware", NoBackend: 2, ModelMissing: 5}, true},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
+		}
+	}
+	// Empty lists and maps are [] and {}, never null: the page iterates them.
+	var raw struct {
+		Pools []map[string]json.RawMessage `json:"pools"`
+	}
+	_ = json.Unmarshal(r.body, &raw)
+	if got := string(raw.Pools[1]["models"]); !strings.Contains(got, `"installed": []`) {
+		t.Errorf("b.models = %s, want empty lists", got)
+	}
+	if got := string(raw.Pools[1]["picks"]); got != "{}" {
+		t.Errorf("b.picks = %s, want {}", got)
+	}
+}
+
+// TestPoolsWithoutFleet: a Pools source gives pool fields only, no routing.
+func TestPoolsWithoutFleet(t *testing.T) {
+	var ready atomic.Bool
+	ready.Store(true)
+	base := startAdmin(t, "127.0.0.1:0", fakeSources(&ready))
+	r := get(t, "GET", base+"/admin/resources/pools", "", map[string]string{"X-API-Key": testKey})
+	var doc struct {
+		Routing *RoutingView     `json:"routing"`
+		Pools   []map[string]any `json:"pools"`
+	}
+	if err := json.Unmarshal(r.body, &doc); err != nil || len(doc.Pools) != 1 {
+		t.Fatalf("decode: %v; body %s", err, r.body)
+	}
+	if doc.Routing != nil {
+		t.Errorf("routing = %+v without a fleet, want absent", doc.Routing)
+	}
+	for _, k := range []string{"name", "breaker", "catalogue"} {
+		if _, ok := doc.Pools[0][k]; ok {
+			t.Errorf("pools[0] has %q without a fleet", k)
+		}
+	}
+	if doc.Pools[0]["upstream"] != "http://127.0.0.1:11434" {
+		t.Errorf("pools[0].upstream = %v", doc.Pools[0]["upstream"])
+	}
+}
+
+func TestNewNeedsSources(t *testing.T) {
+	ready := func() bool { return true }
+	for _, tc := range []struct {
+		name string
+		src  Sources
+		ok   bool
+	}{
+		{"pools", Sources{Pools: func() []pool.Snapshot { return nil }, Ready: ready}, true},
+		{"fleet", Sources{Fleet: func() fleet.Snapshot { return fleet.Snapshot{} }, Ready: ready}, true},
+		{"neither", Sources{Ready: ready}, false},
+		{"no ready", Sources{Fleet: func() fleet.Snapshot { return fleet.Snapshot{} }}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := New(Config{}, tc.src, zerolog.Nop())
+			if (err == nil) != tc.ok {
+				t.Fatalf("New: err = %v, want ok %v", err, tc.ok)
 			}
 		})
 	}

@@ -58,11 +58,13 @@ type HealthView struct {
 	LastError           string  `json:"last_error,omitempty"`
 }
 
-// PoolsResponse is /admin/resources/pools: the first pool's fields at the
-// top level (one upstream today), and every pool under "pools".
+// PoolsResponse is /admin/resources/pools: the first backend's pool fields
+// at the top level, every backend under "pools", and, with a fleet, the
+// routing policy and its fleet-wide counters.
 type PoolsResponse struct {
 	PoolView
-	Pools []PoolView `json:"pools"`
+	Pools   []BackendView `json:"pools"`
+	Routing *RoutingView  `json:"routing,omitempty"`
 }
 
 // NewPoolView converts a snapshot to its JSON view.
@@ -102,14 +104,15 @@ func NewPoolView(s pool.Snapshot) PoolView {
 	}
 }
 
+// poolsView is the response from pool snapshots alone (no routing state).
 func poolsView(snaps []pool.Snapshot) PoolsResponse {
 	var r PoolsResponse
-	r.Pools = make([]PoolView, 0, len(snaps))
+	r.Pools = make([]BackendView, 0, len(snaps))
 	for _, s := range snaps {
-		r.Pools = append(r.Pools, NewPoolView(s))
+		r.Pools = append(r.Pools, BackendView{PoolView: NewPoolView(s)})
 	}
 	if len(r.Pools) > 0 {
-		r.PoolView = r.Pools[0]
+		r.PoolView = r.Pools[0].PoolView
 	}
 	return r
 }

@@ -72,6 +72,10 @@ type Request struct {
 	// NeedModel restricts the choice to backends that have Model installed
 	// (inference, show).
 	NeedModel bool
+	// Inference: the request runs the model, so where it is loaded, how
+	// busy it is there and the conversation matter. Without it (show, push,
+	// version) the least loaded candidate is chosen.
+	Inference bool
 }
 
 // candidate set on the stack: a fleet has at most MaxBackends members.
@@ -139,7 +143,7 @@ func (f *Fleet) Pick(r Request) (*Backend, Reason, error) {
 	switch {
 	case f.cfg.Policy == PolicyRoundRobin:
 		b, reason = f.roundRobin(cands.list()), ReasonRoundRobin
-	case f.cfg.Policy == PolicyLeastLoaded || model == "":
+	case f.cfg.Policy == PolicyLeastLoaded || model == "" || !r.Inference:
 		b, reason = leastLoaded(cands.list()), ReasonLeastLoaded
 	default:
 		b, reason = f.modelAware(cands, model, r.Key)

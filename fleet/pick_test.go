@@ -70,7 +70,7 @@ func TestPickModelAware(t *testing.T) {
 					b.Start("m")
 				}
 			}
-			b, reason, err := f.Pick(Request{Model: tt.model, NeedModel: true})
+			b, reason, err := f.Pick(Request{Model: tt.model, NeedModel: true, Inference: true})
 			if tt.wantErr != nil {
 				if !errors.Is(err, tt.wantErr) {
 					t.Fatalf("err = %v, want %v", err, tt.wantErr)
@@ -95,7 +95,7 @@ func TestPickUnknownCatalogueForwards(t *testing.T) {
 	f := testFleet(t, Config{}, 1, 1)
 	setCatalogue(f.Backends()[0], []string{"x"}, nil)
 	// b1's catalogue is not known yet: the request may go there.
-	b, _, err := f.Pick(Request{Model: "m", NeedModel: true})
+	b, _, err := f.Pick(Request{Model: "m", NeedModel: true, Inference: true})
 	if err != nil || b != f.Backends()[1] {
 		t.Fatalf("got %v, %v; want b1", b, err)
 	}
@@ -108,10 +108,10 @@ func TestPickColdLoadConcentrates(t *testing.T) {
 	for _, b := range f.Backends() {
 		setCatalogue(b, []string{"m"}, nil)
 	}
-	first, _, _ := f.Pick(Request{Model: "m", NeedModel: true})
+	first, _, _ := f.Pick(Request{Model: "m", NeedModel: true, Inference: true})
 	first.Start("m")
 	for range 3 {
-		b, reason, _ := f.Pick(Request{Model: "m", NeedModel: true})
+		b, reason, _ := f.Pick(Request{Model: "m", NeedModel: true, Inference: true})
 		if b != first || reason != ReasonLoaded {
 			t.Fatalf("picked %s (%s), want %s (loaded)", b.Name, reason, first.Name)
 		}
@@ -130,7 +130,7 @@ func TestPickSkipsTriedBrokenAndBusy(t *testing.T) {
 	}
 	bs[1].Start("m").End(Busy, 0)
 	for range 20 {
-		b, _, err := f.Pick(Request{Model: "m", NeedModel: true})
+		b, _, err := f.Pick(Request{Model: "m", NeedModel: true, Inference: true})
 		if err != nil || b != bs[2] {
 			t.Fatalf("got %v, %v; want b2 (b0 broken, b1 busy)", b, err)
 		}
@@ -234,7 +234,7 @@ func TestRoundRobinByWeight(t *testing.T) {
 func TestSingleBackendAlwaysChosen(t *testing.T) {
 	f := testFleet(t, Config{}, 1)
 	setCatalogue(f.First(), []string{"x"}, nil)
-	b, reason, err := f.Pick(Request{Model: "m", NeedModel: true})
+	b, reason, err := f.Pick(Request{Model: "m", NeedModel: true, Inference: true})
 	if err != nil || b != f.First() || reason != ReasonOnly {
 		t.Fatalf("got %v %s %v; want the only backend", b, reason, err)
 	}
@@ -315,7 +315,7 @@ func TestConcurrentPicksAndRefreshes(t *testing.T) {
 			defer wg.Done()
 			for i := range 2000 {
 				model := []string{"m", "n"}[i%2]
-				b, _, err := f.Pick(Request{Model: model, Key: uint64(g*1000 + i%7 + 1), NeedModel: true})
+				b, _, err := f.Pick(Request{Model: model, Key: uint64(g*1000 + i%7 + 1), NeedModel: true, Inference: true})
 				if err != nil {
 					continue // n may be missing everywhere for a moment
 				}

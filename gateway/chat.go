@@ -343,7 +343,7 @@ func (g *Gateway) serveChat(ctx *fasthttp.RequestCtx, x *exchange) bool {
 		panic(err) // strings, a bool and validated raw JSON: cannot fail
 	}
 
-	t := target{Request: fleet.Request{Model: up.Model, NeedModel: true}}
+	t := target{Request: fleet.Request{Model: up.Model, NeedModel: true, Inference: true}}
 	if g.fleet.Len() > 1 {
 		t.Key = fleet.ConversationKey(fleet.VegaChat, up.Model, body)
 	}

@@ -96,7 +96,11 @@ func (g *Gateway) send(x *exchange, t target, req *fasthttp.Request, resp *fasth
 		if g.fleet.Len() > 1 && !x.route.manage {
 			// Model management is not load: a pull would count as one
 			// request for minutes and skew the service-time estimate.
-			ticket = b.Start(t.Model)
+			model := ""
+			if t.Inference {
+				model = t.Model // counted per model, and marked loaded when answered
+			}
+			ticket = b.Start(model)
 		}
 		retries, err := b.Pool.DoWhile(req, resp, x.goneFn)
 		x.retries += retries
@@ -249,7 +253,7 @@ func (g *Gateway) targetOf(ctx *fasthttp.RequestCtx, x *exchange) (routeTarget, 
 	name := x.route.name
 	if kind, inference := bodyKinds[name]; inference {
 		t.Model, t.Key = fleet.Route(kind, ctx.Request.Body())
-		t.NeedModel = t.Model != ""
+		t.NeedModel, t.Inference = t.Model != "", true
 		return t, apiError{}, true
 	}
 	switch name {

@@ -92,12 +92,59 @@
   }
   function esc(s) { return String(s).replace(/[&<>"']/g, function (c) { return "&#" + c.charCodeAt(0) + ";"; }); }
 
+  // sum adds one pool field over every backend.
+  function sum(backends, field) {
+    return backends.reduce(function (n, b) { return n + (b[field] || 0); }, 0);
+  }
+
+  function healthText(b) {
+    var h = b.health || {};
+    if (b.http_client_closed) return ["closed", "bad"];
+    if (h.healthy) return ["healthy", "ok"];
+    if (h.down) return ["down", "bad"];
+    return [h.probed ? "not ready" : "not probed yet", "warn"];
+  }
+
+  function breakerText(br) {
+    if (!br || br.state !== "open") return ["closed", "ok", br && br.opens ? br.opens + " opens" : ""];
+    var until = br.open_until ? " until " + new Date(br.open_until).toLocaleTimeString() : "";
+    return ["open" + until, "bad", br.consecutive_failures + " failures, " + br.opens + " opens"];
+  }
+
+  // renderFleet fills the backends table: one row per backend.
+  function renderFleet(backends, routing) {
+    var section = $("fleet-section");
+    if (!routing) { section.hidden = true; return; }
+    section.hidden = false;
+    $("routing").textContent = "policy " + routing.policy + " · no backend " + fmt(routing.no_backend || 0) +
+      " · model missing " + fmt(routing.model_missing || 0);
+    var rows = backends.map(function (b) {
+      var h = healthText(b), br = breakerText(b.breaker), models = b.models || {}, cat = b.catalogue || {};
+      var out = b.outstanding || {}, byModel = out.by_model || {};
+      var picks = Object.keys(b.picks || {}).filter(function (r) { return b.picks[r] > 0; }).sort()
+        .map(function (r) { return esc(r) + " " + fmt(b.picks[r]); });
+      var installed = cat.known ? String((models.installed || []).length) : "unknown";
+      if (cat.error) installed += " (refresh failing)";
+      return "<tr data-backend=\"" + esc(b.name) + "\"><td>" + esc(b.name) + "<span class=\"url\">" + esc(b.url) + "</span></td>" +
+        "<td class=\"" + h[1] + "\">" + h[0] + "</td>" +
+        "<td class=\"" + br[1] + "\" title=\"" + esc(br[2]) + "\">" + esc(br[0]) + "</td>" +
+        "<td>" + ((models.loaded || []).map(esc).join(", ") || "–") + "</td>" +
+        "<td title=\"" + esc((models.installed || []).join(", ")) + "\">" + esc(installed) + "</td>" +
+        "<td title=\"" + esc(Object.keys(byModel).sort().map(function (m) { return m + " " + byModel[m]; }).join(", ")) + "\">" + fmt(out.total || 0) + "</td>" +
+        "<td>" + fmt(b.connections_active || 0) + " / " + fmt(b.max_connections || 0) + "</td>" +
+        "<td>" + (picks.join(" · ") || "–") + "</td>" +
+        "<td>" + fmt(b.cold_loads || 0) + "</td><td>" + fmt(b.busy || 0) + "</td><td>" + fmt(b.failures || 0) + "</td></tr>";
+    });
+    $("fleet").querySelector("tbody").innerHTML = rows.join("");
+  }
+
   function render(pools, st) {
     var p = pools || {};
-    push("pool", "max", p.max_connections || 0);
-    push("pool", "active", p.connections_active || 0);
-    push("pool", "idle", p.connections_idle || 0);
-    push("pool", "waiting", p.requests_waiting || 0);
+    var backends = p.pools && p.pools.length ? p.pools : [p];
+    push("pool", "max", sum(backends, "max_connections"));
+    push("pool", "active", sum(backends, "connections_active"));
+    push("pool", "idle", sum(backends, "connections_idle"));
+    push("pool", "waiting", sum(backends, "requests_waiting"));
     // Rates use the server's clock: the interval between the two counter
     // readings, not between two timers of a possibly throttled tab.
     var now = st.uptime_seconds != null ? st.uptime_seconds * 1000 : performance.now();
@@ -117,12 +164,19 @@
     draw("c-lat", "lat", "l-lat"); draw("c-tps", "tps", "l-tps");
 
     $("version").textContent = (st.version || "") + " · " + (st.go_version || "");
-    var h = p.health || {}, badge = $("health");
-    badge.textContent = h.healthy ? "upstream healthy" : h.down ? "upstream down" : "upstream not ready";
-    badge.className = "badge " + (h.healthy ? "ok" : "bad");
+    var badge = $("health");
+    if (backends.length > 1) {
+      var healthy = backends.filter(function (b) { return (b.health || {}).healthy && !b.http_client_closed; }).length;
+      badge.textContent = healthy + "/" + backends.length + " backends healthy";
+      badge.className = "badge " + (healthy === backends.length ? "ok" : healthy ? "warn" : "bad");
+    } else {
+      var h = p.health || {};
+      badge.textContent = h.healthy ? "upstream healthy" : h.down ? "upstream down" : "upstream not ready";
+      badge.className = "badge " + (h.healthy ? "ok" : "bad");
+    }
     $("t-uptime").textContent = dur(st.uptime_seconds || 0);
     $("t-requests").textContent = fmt(st.requests_total || 0);
-    $("t-inflight").textContent = fmt(st.requests_in_flight || 0) + " / " + fmt(p.max_connections || 0);
+    $("t-inflight").textContent = fmt(st.requests_in_flight || 0) + " / " + fmt(sum(backends, "max_connections"));
     $("t-tokens").textContent = fmt(st.prompt_tokens || 0) + " / " + fmt(st.completion_tokens || 0);
     $("t-disconnects").textContent = fmt(st.client_disconnects || 0);
     $("t-errors").textContent = fmt(st.upstream_errors || 0);
@@ -134,6 +188,7 @@
         fmt(m.completion_tokens) + "</td><td>" + (m.avg_tokens_per_second || 0).toFixed(1) + "</td><td>" + (m.ttft_p50_ms || 0).toFixed(1) + "</td></tr>";
     });
     $("models").querySelector("tbody").innerHTML = rows.join("");
+    renderFleet(backends, p.routing);
     document.body.dataset.samples = String(series.pool.max.length);
   }
 
