@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -17,16 +16,15 @@ import (
 	ollama "github.com/ollama/ollama/api"
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
-	"github.com/rs/zerolog"
 
-	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
 	"github.com/vega-gateway/vega-gateway/pool"
 )
 
 // fleetEnv is a gateway on a loopback port in front of several fake
-// Ollamas, one pool each, named gpu-a, gpu-b, ...
+// Ollamas, one pool each, named gpu-a, gpu-b, ...; no health probes or
+// catalogue refreshes run.
 type fleetEnv struct {
 	fakes []*ollamatest.Server
 	pools []*pool.Pool
@@ -34,58 +32,20 @@ type fleetEnv struct {
 	logs  *syncBuffer
 }
 
-var fleetNames = []string{"gpu-a", "gpu-b", "gpu-c"}
-
 // startFleetEnv starts one fake per entry of models (the models it
 // knows) behind an open gateway that allows model management, unless auth
 // says otherwise.
 func startFleetEnv(t *testing.T, models [][]string, fake ollamatest.Config, auth *gateway.AuthConfig) *fleetEnv {
 	t.Helper()
-	e := &fleetEnv{logs: &syncBuffer{}}
-	var members []fleet.Member
-	for i, m := range models {
-		cfg := fake
-		cfg.Models = append([]string{}, m...) // non-nil: exactly these
-		fk, err := ollamatest.NewServer(cfg)
-		if err != nil {
-			t.Fatalf("fake ollama: %v", err)
-		}
-		t.Cleanup(func() { fk.Close() })
-		p, err := pool.New(pool.UpstreamConfig{URL: fk.URL()}, pool.Config{})
-		if err != nil {
-			t.Fatalf("pool.New: %v", err)
-		}
-		e.fakes, e.pools = append(e.fakes, fk), append(e.pools, p)
-		members = append(members, fleet.Member{Name: fleetNames[i], Pool: p})
-	}
-	f, err := fleet.New(fleet.Config{}, members)
-	if err != nil {
-		t.Fatalf("fleet.New: %v", err)
-	}
 	a := gateway.AuthConfig{AllowModelManagement: true}
 	if auth != nil {
 		a = *auth
 	}
-	gw, err := gateway.New(gateway.Config{}, gateway.ChatConfig{}, a, f, zerolog.New(e.logs).Level(zerolog.InfoLevel))
-	if err != nil {
-		t.Fatalf("gateway.New: %v", err)
+	r := startRoutingEnv(t, routingOptions{models: models, fake: fake, auth: a, noRun: true})
+	e := &fleetEnv{fakes: r.fakes, url: r.url, logs: r.logs}
+	for _, b := range r.fleet.Backends() {
+		e.pools = append(e.pools, b.Pool)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = gw.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := contextWithTimeout(5 * time.Second)
-		defer cancel()
-		_ = gw.Shutdown(ctx)
-		for _, p := range e.pools {
-			p.Close()
-		}
-		<-done
-	})
-	e.url = "http://" + ln.Addr().String()
 	return e
 }
 

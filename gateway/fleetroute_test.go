@@ -29,6 +29,7 @@ type routingEnv struct {
 
 type routingOptions struct {
 	models   [][]string // per fake: its installed models
+	fake     ollamatest.Config
 	routing  fleet.Config
 	upstream pool.UpstreamConfig
 	auth     gateway.AuthConfig
@@ -42,7 +43,9 @@ func startRoutingEnv(t *testing.T, o routingOptions) *routingEnv {
 	e := &routingEnv{env: &env{t: t, logs: &syncBuffer{}}}
 	var members []fleet.Member
 	for i, models := range o.models {
-		fake, err := ollamatest.NewServer(ollamatest.Config{Models: models})
+		cfg := o.fake
+		cfg.Models = append([]string{}, models...) // non-nil: exactly these
+		fake, err := ollamatest.NewServer(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -68,7 +71,7 @@ func startRoutingEnv(t *testing.T, o routingOptions) *routingEnv {
 		t.Fatal(err)
 	}
 	e.fleet, e.fake, e.pool = f, e.fakes[0], f.First().Pool
-	gw, err := gateway.New(gateway.Config{}, gateway.ChatConfig{}, o.auth, f, zerolog.New(e.logs))
+	gw, err := gateway.New(gateway.Config{}, gateway.ChatConfig{}, o.auth, f, zerolog.New(e.logs).Level(zerolog.InfoLevel))
 	if err != nil {
 		t.Fatal(err)
 	}
