@@ -3,6 +3,7 @@ package fleet
 import (
 	"errors"
 	"math"
+	"math/bits"
 	"math/rand/v2"
 	"time"
 )
@@ -78,21 +79,33 @@ type Request struct {
 	Inference bool
 }
 
-// candidate set on the stack: a fleet has at most MaxBackends members.
-type set struct {
-	b [MaxBackends]*Backend
-	n int
-}
+// set is a set of backends by index (a fleet has at most MaxBackends): a
+// word on the stack, so choosing costs no memory.
+type set uint64
 
-func (s *set) add(b *Backend)   { s.b[s.n] = b; s.n++ }
-func (s *set) list() []*Backend { return s.b[:s.n] }
-func (s *set) filter(keep func(*Backend) bool) (out set) {
-	for _, b := range s.list() {
-		if keep(b) {
-			out.add(b)
+func (s set) has(b *Backend) bool { return s&set(b.Bit()) != 0 }
+func (s set) count() int          { return bits.OnesCount64(uint64(s)) }
+
+// filter keeps the members for which keep is true.
+func (f *Fleet) filter(s set, keep func(*Backend) bool) set {
+	var out set
+	for rest := s; rest != 0; rest &= rest - 1 {
+		if b := f.backends[bits.TrailingZeros64(uint64(rest))]; keep(b) {
+			out |= set(b.Bit())
 		}
 	}
 	return out
+}
+
+// nth is the member of rank n (0-based) in index order.
+func (f *Fleet) nth(s set, n int) *Backend {
+	for rest := s; rest != 0; rest &= rest - 1 {
+		if n == 0 {
+			return f.backends[bits.TrailingZeros64(uint64(rest))]
+		}
+		n--
+	}
+	return nil
 }
 
 // Pick chooses the backend for one attempt of a request. It reads only
@@ -107,6 +120,12 @@ func (f *Fleet) Pick(r Request) (*Backend, Reason, error) {
 		}
 		return b, ReasonOnly, nil
 	}
+	return f.pickAmong(r)
+}
+
+// pickAmong is Pick for a fleet of several, kept apart so that the single
+// backend's path stays a few instructions and a small frame.
+func (f *Fleet) pickAmong(r Request) (*Backend, Reason, error) {
 	now := time.Now()
 	model := ""
 	if r.Model != "" {
@@ -122,9 +141,9 @@ func (f *Fleet) Pick(r Request) (*Backend, Reason, error) {
 		if r.NeedModel && model != "" && !b.cat.mayHave(model) {
 			continue
 		}
-		cands.add(b)
+		cands |= set(b.Bit())
 	}
-	if cands.n == 0 {
+	if cands == 0 {
 		if usable > 0 && r.Tried == 0 {
 			f.modelMissing.Add(1)
 			return nil, 0, ErrModelNotFound
@@ -133,7 +152,7 @@ func (f *Fleet) Pick(r Request) (*Backend, Reason, error) {
 		return nil, 0, ErrNoBackend
 	}
 	// A backend that just answered "server busy" is a last resort.
-	if idle := cands.filter(func(b *Backend) bool { return b.busyUntil.Load() < now.UnixNano() }); idle.n > 0 {
+	if idle := f.filter(cands, func(b *Backend) bool { return b.busyUntil.Load() < now.UnixNano() }); idle != 0 {
 		cands = idle
 	}
 	var (
@@ -142,9 +161,9 @@ func (f *Fleet) Pick(r Request) (*Backend, Reason, error) {
 	)
 	switch {
 	case f.cfg.Policy == PolicyRoundRobin:
-		b, reason = f.roundRobin(cands.list()), ReasonRoundRobin
+		b, reason = f.roundRobin(cands), ReasonRoundRobin
 	case f.cfg.Policy == PolicyLeastLoaded || model == "" || !r.Inference:
-		b, reason = leastLoaded(cands.list()), ReasonLeastLoaded
+		b, reason = f.leastLoaded(cands), ReasonLeastLoaded
 	default:
 		b, reason = f.modelAware(cands, model, r.Key)
 	}
@@ -170,22 +189,22 @@ func (f *Fleet) Pin(name string) *Backend {
 // one is saturated and a cold one exists, the cold one that loses least by
 // loading the model; else the saturated warm ones.
 func (f *Fleet) modelAware(cands set, model string, key uint64) (*Backend, Reason) {
-	warm := cands.filter(func(b *Backend) bool { return b.cat.loaded(model) })
-	ready := warm.filter(func(b *Backend) bool { return !f.saturated(b, model) })
-	if ready.n > 0 {
+	warm := f.filter(cands, func(b *Backend) bool { return b.cat.loaded(model) })
+	ready := f.filter(warm, func(b *Backend) bool { return !f.saturated(b, model) })
+	if ready != 0 {
 		if key != 0 {
-			return f.affinity(ready.list(), key), ReasonAffinity
+			return f.affinity(ready, key), ReasonAffinity
 		}
-		return leastLoaded(ready.list()), ReasonLoaded
+		return f.leastLoaded(ready), ReasonLoaded
 	}
-	cold := cands.filter(func(b *Backend) bool { return !b.cat.loaded(model) })
-	if cold.n == 0 {
+	cold := cands &^ warm
+	if cold == 0 {
 		if key != 0 {
-			return f.affinity(warm.list(), key), ReasonAffinity
+			return f.affinity(warm, key), ReasonAffinity
 		}
-		return leastLoaded(warm.list()), ReasonLoaded
+		return f.leastLoaded(warm), ReasonLoaded
 	}
-	b := coldChoice(cold.list())
+	b := f.coldChoice(cold)
 	// Later requests for the model come here too while it loads, instead
 	// of loading it everywhere at once; the next refresh corrects this if
 	// the load fails.
@@ -215,9 +234,14 @@ func (f *Fleet) saturated(b *Backend, model string) bool {
 // coldChoice picks where to load a model: the backend with the fewest
 // outstanding requests per weight (its loaded models are the likeliest to
 // be idle, so evicting one delays nobody), then the fewest loaded models.
-func coldChoice(bs []*Backend) *Backend {
-	best := bs[0]
-	for _, b := range bs[1:] {
+func (f *Fleet) coldChoice(s set) *Backend {
+	var best *Backend
+	for rest := s; rest != 0; rest &= rest - 1 {
+		b := f.backends[bits.TrailingZeros64(uint64(rest))]
+		if best == nil {
+			best = b
+			continue
+		}
 		switch less(b, best) {
 		case -1:
 			best = b
@@ -245,35 +269,39 @@ func less(a, b *Backend) int {
 // leastLoaded is the power of two random choices by outstanding requests
 // per weight (Mitzenmacher 2001): nearly as good as the least loaded of all
 // and immune to the herd that a strict minimum draws.
-func leastLoaded(bs []*Backend) *Backend {
-	if len(bs) == 1 {
-		return bs[0]
+func (f *Fleet) leastLoaded(s set) *Backend {
+	n := s.count()
+	if n == 1 {
+		return f.nth(s, 0)
 	}
-	i := rand.IntN(len(bs))
-	j := rand.IntN(len(bs) - 1)
+	i := rand.IntN(n)
+	j := rand.IntN(n - 1)
 	if j >= i {
 		j++
 	}
-	if less(bs[j], bs[i]) < 0 {
-		return bs[j]
+	a, b := f.nth(s, i), f.nth(s, j)
+	if less(b, a) < 0 {
+		return b
 	}
-	return bs[i]
+	return a
 }
 
 // roundRobin is weighted round robin over the candidates.
-func (f *Fleet) roundRobin(bs []*Backend) *Backend {
+func (f *Fleet) roundRobin(s set) *Backend {
 	total := 0
-	for _, b := range bs {
-		total += b.Weight
+	for rest := s; rest != 0; rest &= rest - 1 {
+		total += f.backends[bits.TrailingZeros64(uint64(rest))].Weight
 	}
 	t := int(f.rr.Add(1) % uint64(total))
-	for _, b := range bs {
+	var b *Backend
+	for rest := s; rest != 0; rest &= rest - 1 {
+		b = f.backends[bits.TrailingZeros64(uint64(rest))]
 		if t < b.Weight {
 			return b
 		}
 		t -= b.Weight
 	}
-	return bs[len(bs)-1]
+	return b
 }
 
 // affinity is rendezvous (highest random weight) hashing with bounded
@@ -283,33 +311,31 @@ func (f *Fleet) roundRobin(bs []*Backend) *Backend {
 // weighted share of the total (plus this one) takes the request. While
 // loads are even every replica sends a conversation to the same backend;
 // a hot conversation or system prompt cannot pile onto one backend.
-func (f *Fleet) affinity(bs []*Backend, key uint64) *Backend {
+func (f *Fleet) affinity(s set, key uint64) *Backend {
 	var total, weights int64
-	for _, b := range bs {
+	for rest := s; rest != 0; rest &= rest - 1 {
+		b := f.backends[bits.TrailingZeros64(uint64(rest))]
 		total += b.outstanding.Load()
 		weights += int64(b.Weight)
 	}
-	var rank [MaxBackends]struct {
-		b     *Backend
-		score float64
-	}
-	for i, b := range bs {
-		rank[i].b, rank[i].score = b, rendezvousScore(key, b)
-	}
-	r := rank[:len(bs)]
-	// Insertion sort: a fleet is a handful of backends.
-	for i := 1; i < len(r); i++ {
-		for j := i; j > 0 && r[j].score > r[j-1].score; j-- {
-			r[j], r[j-1] = r[j-1], r[j]
+	// Best score first; a fleet is a handful of backends, so each round
+	// scans the ones left.
+	for left := s; left != 0; {
+		var best *Backend
+		bestScore := math.Inf(-1)
+		for rest := left; rest != 0; rest &= rest - 1 {
+			b := f.backends[bits.TrailingZeros64(uint64(rest))]
+			if sc := rendezvousScore(key, b); sc > bestScore {
+				best, bestScore = b, sc
+			}
 		}
-	}
-	for _, c := range r {
-		bound := f.cfg.AffinityLoadFactor * float64(total+1) * float64(c.b.Weight) / float64(weights)
-		if float64(c.b.outstanding.Load()+1) <= math.Ceil(bound) {
-			return c.b
+		bound := f.cfg.AffinityLoadFactor * float64(total+1) * float64(best.Weight) / float64(weights)
+		if float64(best.outstanding.Load()+1) <= math.Ceil(bound) {
+			return best
 		}
+		left &^= set(best.Bit())
 	}
-	return leastLoaded(bs)
+	return f.leastLoaded(s)
 }
 
 // rendezvousScore is the weighted rendezvous score -w/ln(u), u uniform in

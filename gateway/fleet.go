@@ -34,9 +34,13 @@ type target struct {
 	pinned *fleet.Backend
 }
 
-// pinnedBackend reads X-Vega-Backend: nil without it; an error for a key
-// without models:manage (403) or an unknown name (400).
+// pinnedBackend reads X-Vega-Backend: nil without it (or with one
+// backend); an error for a key without models:manage (403) or an unknown
+// name (400).
 func (g *Gateway) pinnedBackend(ctx *fasthttp.RequestCtx, x *exchange) (*fleet.Backend, apiError, bool) {
+	if g.fleet.Len() == 1 {
+		return nil, apiError{}, true // nothing to choose: the header is dropped
+	}
 	name := ctx.Request.Header.Peek(HeaderBackend)
 	if len(name) == 0 {
 		return nil, apiError{}, true
