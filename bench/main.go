@@ -33,7 +33,7 @@ func main() {
 		duration    = flag.Duration("duration", 10*time.Second, "measured time per case, per target, per run")
 		warmup      = flag.Duration("warmup", time.Second, "unmeasured time before each measurement")
 		runs        = flag.Int("runs", 3, "runs per case; the table shows medians (failures and stalls: the worst run)")
-		cases       = flag.String("cases", "nonstream,stream1,stream200,chat,scale", "comma-separated cases to run")
+		cases       = flag.String("cases", "nonstream,stream1,stream200,chat,scale", "comma-separated cases to run; also fleet (not in the default: about 4 min; see -fleet-*)")
 		conns       = flag.Int("conns", 50, "keep-alive connections for nonstream")
 		streams     = flag.Int("streams", 200, "concurrent streams for stream200")
 		tokens      = flag.Int("tokens", 50, "tokens per stream")
@@ -49,6 +49,7 @@ func main() {
 		instr       = flag.Bool("instructions", false, "instead of the timed table: each proxy's user-space instructions per request, per stream and per frame, counted under valgrind's callgrind (steady to ±1 % where times move ±30 %)")
 		instrReqs   = flag.Int("instructions-requests", 3000, "-instructions: non-stream requests counted (streams: a tenth as many of each length)")
 
+		fleetFl   = registerFleetFlags()
 		serveMode = flag.Bool("serve", false, "internal: run the servers for the parent process")
 		sf        serveFlags
 	)
@@ -60,6 +61,7 @@ func main() {
 	flag.IntVar(&sf.maxConns, "serve-maxconns", 0, "internal")
 	flag.StringVar(&sf.dir, "serve-dir", "", "internal")
 	flag.StringVar(&sf.upstream, "serve-upstream", "", "internal")
+	flag.StringVar(&sf.fleet, "serve-fleet", "", "internal")
 	flag.Parse()
 	if *serveMode {
 		if err := serve(sf); err != nil {
@@ -127,9 +129,16 @@ func main() {
 			selected = append(selected, c)
 		}
 	}
-	if len(selected) == 0 {
-		fmt.Fprintf(os.Stderr, "bench: no known case in -cases %q (nonstream, stream1, stream200, chat, scale)\n", *cases)
+	withFleet := slices.Contains(want, "fleet")
+	if len(selected) == 0 && !withFleet {
+		fmt.Fprintf(os.Stderr, "bench: no known case in -cases %q (nonstream, stream1, stream200, chat, scale, fleet)\n", *cases)
 		os.Exit(2)
+	}
+	if withFleet {
+		if err := fleetFl.validate(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(2)
+		}
 	}
 
 	withNginx := *nginx
@@ -171,6 +180,10 @@ func main() {
 	}
 	if err := raiseNofile(uint64(*scaleN + 1000)); err != nil {
 		fmt.Fprintln(os.Stderr, "bench: open-file limit:", err)
+	}
+	if len(selected) == 0 { // fleet alone
+		runFleet(fleetFl, withNginx, serverCPU, pinning, dir)
+		return
 	}
 	fmt.Printf("duration %s (+%s warmup) × %d runs per case and target (scale: one wave of streams per run); %s; "+
 		"each server its own process; gateway defaults but pool.max_connections=%d (scale: %d, pool.max_queue %d); "+
@@ -229,6 +242,10 @@ func main() {
 		"direct and nginx the equivalent /api/chat \"stream\":false (nginx has no /chat); every request carries its own X-Correlation-ID. " +
 		"scale: TTFC counts from the dial; RSS is the target's process (nginx: master + worker) at its peak, per stream (peak − idle) ÷ streams; " +
 		"– does not apply.")
+	if withFleet {
+		fmt.Println()
+		runFleet(fleetFl, withNginx, serverCPU, pinning, dir)
+	}
 }
 
 func tablesNames(withNginx, withBare bool) []string {

@@ -51,11 +51,15 @@ type serveFlags struct {
 	nginxConns int // nginx worker_connections
 	dir        string
 	upstream   string // host:port of the fake, for the proxies
+	fleet      string // the fleet roles' settings, JSON (fleetServeConfig)
 }
 
 // serve is the child: start the server of its role, announce it, answer
 // stats requests until stdin EOF.
 func serve(f serveFlags) error {
+	if isFleetRole(f.role) {
+		return serveFleet(f)
+	}
 	if err := raiseNofile(uint64(2*max(f.maxConns, f.nginxConns/2) + 1000)); err != nil {
 		fmt.Fprintln(os.Stderr, "bench -serve: open-file limit:", err)
 	}
@@ -175,6 +179,7 @@ type child struct {
 	mu    sync.Mutex // one stats request at a time
 	stdin io.WriteCloser
 	stats chan string
+	proc  *os.Process // the child itself (taskset execs it): the fleet outage SIGKILLs it
 }
 
 // goroutines asks the child for runtime.NumGoroutine(); -1 when it does not
@@ -212,7 +217,7 @@ func spawn(f serveFlags, cpu int, wrap ...string) (*stack, error) {
 		"-serve-tokens", strconv.Itoa(f.tokens), "-serve-delay", f.delay.String(),
 		"-serve-maxconns", strconv.Itoa(f.maxConns), "-serve-maxqueue", strconv.Itoa(f.maxQueue),
 		"-serve-nginxconns", strconv.Itoa(f.nginxConns), "-serve-dir", f.dir,
-		"-serve-upstream", f.upstream}
+		"-serve-upstream", f.upstream, "-serve-fleet", f.fleet}
 	args = append(slices.Clone(wrap), args...)
 	if cpu >= 0 {
 		args = append([]string{"taskset", "-c", strconv.Itoa(cpu)}, args...)
@@ -231,7 +236,7 @@ func spawn(f serveFlags, cpu int, wrap ...string) (*stack, error) {
 		return nil, err
 	}
 	exited := make(chan struct{})
-	ctl := &child{stdin: stdin, stats: make(chan string, 1)}
+	ctl := &child{stdin: stdin, stats: make(chan string, 1), proc: cmd.Process}
 	st := &stack{}
 	st.stops = append(st.stops, func() {
 		_ = stdin.Close()

@@ -187,9 +187,16 @@ func startNginx(dir, upstream string, workerConns int) (addr string, pid int, st
 		return "", 0, nil, err
 	}
 	workerConns = max(workerConns, 8192) // a connection each to the client and to the upstream
+	pid, stop, err = runNginx(ndir, fmt.Sprintf(nginxConf, ndir, upstream, addr, workerConns+1000, workerConns), addr)
+	return addr, pid, stop, err
+}
+
+// runNginx writes conf to ndir and runs nginx with it until stop, once it
+// listens on addr.
+func runNginx(ndir, confText, addr string) (pid int, stop func(), err error) {
 	conf := filepath.Join(ndir, "nginx.conf")
-	if err := os.WriteFile(conf, fmt.Appendf(nil, nginxConf, ndir, upstream, addr, workerConns+1000, workerConns), 0o644); err != nil {
-		return "", 0, nil, err
+	if err := os.WriteFile(conf, []byte(confText), 0o644); err != nil {
+		return 0, nil, err
 	}
 	args := []string{nginxPath, "-c", conf, "-p", ndir, "-e", filepath.Join(ndir, "nginx-error.log")}
 	ready := 5 * time.Second
@@ -200,7 +207,7 @@ func startNginx(dir, upstream string, workerConns int) (addr string, pid int, st
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
-		return "", 0, nil, err
+		return 0, nil, err
 	}
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
@@ -230,9 +237,9 @@ func startNginx(dir, upstream string, workerConns int) (addr string, pid int, st
 	if err := waitListening(addr, ready, exited); err != nil {
 		stop()
 		log, _ := os.ReadFile(filepath.Join(ndir, "nginx-error.log"))
-		return "", 0, nil, fmt.Errorf("%w: %s", err, log)
+		return 0, nil, fmt.Errorf("%w: %s", err, log)
 	}
-	return addr, cmd.Process.Pid, stop, nil
+	return cmd.Process.Pid, stop, nil
 }
 
 // freePort returns a loopback address nothing listens on just now.

@@ -129,9 +129,13 @@ func (g *Gateway) send(x *exchange, t target, req *fasthttp.Request, resp *fasth
 				resp.Reset()
 				rel()
 				ticket.End(res, 0)
-				last = errAllBusy
-				if res == fleet.NotInstalled {
+				switch res {
+				case fleet.Busy:
+					last = errAllBusy
+				case fleet.NotInstalled:
 					last = errNotInstalled
+				default: // the short body could not be read
+					last = pool.ErrReset
 				}
 				continue
 			}
