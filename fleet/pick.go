@@ -118,6 +118,7 @@ func (f *Fleet) Pick(r Request) (*Backend, Reason, error) {
 		if r.Tried&b.Bit() != 0 {
 			return nil, 0, ErrNoBackend
 		}
+		b.picks[ReasonOnly].Add(1)
 		return b, ReasonOnly, nil
 	}
 	return f.pickAmong(r)
