@@ -100,7 +100,11 @@ func fleetWorkloads(n int, seed uint64) []*fleetWorkload {
 		return conversation{model: m, users: []string{sentence(r, 10)}}
 	}
 
-	prefill := ollamatest.SchedulerConfig{NumParallel: 4, LoadTime: 500 * time.Millisecond, PromptTokenTime: time.Millisecond}
+	// Many users' conversations on one model: Ollama's multi-user prompt
+	// cache (OLLAMA_MULTIUSER_CACHE=1), the setting for this load, keeps a
+	// slot per conversation where the default would let each new
+	// conversation overwrite the first slot.
+	prefill := ollamatest.SchedulerConfig{NumParallel: 4, LoadTime: 500 * time.Millisecond, PromptTokenTime: time.Millisecond, MultiUserCache: true}
 	system := sentence(rand.New(rand.NewPCG(seed, 0x5e)), 300)
 	chats := func(r *rand.Rand) conversation {
 		c := conversation{model: modelA, system: system}
@@ -138,7 +142,7 @@ func fleetWorkloads(n int, seed uint64) []*fleetWorkload {
 			},
 		},
 		{
-			id: "c", title: fmt.Sprintf("%d conversations of 4–6 turns (users think %s), one 300-word system prompt for all, 4 slots per backend, 1 ms prefill per uncached token", n, fleetThink),
+			id: "c", title: fmt.Sprintf("%d conversations of 4–6 turns (users think %s), one 300-word system prompt for all, 4 slots per backend with the multi-user cache, 1 ms prefill per uncached token", n, fleetThink),
 			fakes: same(prefill), models: []string{modelA}, warm: []string{modelA}, clients: n, next: chats,
 			targets: []fleetTarget{
 				{label: "prompt tokens from cache (target ≥ 80 %)",

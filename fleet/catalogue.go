@@ -23,6 +23,10 @@ type catalogue struct {
 	kick chan struct{}
 	// refreshes and refreshErrors count catalogue fetches.
 	refreshes, refreshErrors atomic.Int64
+	// maxLoaded is the most models /api/ps has listed at once: what the
+	// backend can hold (OLLAMA_MAX_LOADED_MODELS and memory), as far as
+	// seen; 0 before any.
+	maxLoaded atomic.Int64
 }
 
 // models is an immutable catalogue view.
@@ -191,6 +195,9 @@ func (b *Backend) refresh(ft *fetcher) bool {
 		b.cat.update(func(m *models) { m.err = err.Error() })
 		return false
 	}
+	if n := int64(len(loaded)); n > b.cat.maxLoaded.Load() {
+		b.cat.maxLoaded.Store(n)
+	}
 	b.modelsMu.RLock()
 	for name, c := range b.perModel {
 		if name != "" && c.Load() > 0 {
@@ -220,3 +227,51 @@ func (b *Backend) Installed() ([]string, bool) {
 
 // Loaded lists the models loaded on b as last seen or inferred (sorted).
 func (b *Backend) Loaded() []string { return sortedKeys(b.cat.cur.Load().loaded) }
+
+// hasRoom: b can load another model without evicting one, as far as its
+// catalogue shows (fewer loaded than the most it has held at once).
+func (b *Backend) hasRoom() bool {
+	n := int64(b.cat.loadedCount())
+	return n == 0 || n < b.cat.maxLoaded.Load()
+}
+
+// evictsNobody: loading a model on b delays no request — it has room, or
+// every model loaded there is idle (Ollama evicts only an idle model, and
+// a request for the evicted one would then wait for a load of its own).
+func (b *Backend) evictsNobody() bool {
+	if b.hasRoom() {
+		return true
+	}
+	for name := range b.cat.cur.Load().loaded {
+		if c := b.counter(name, false); c != nil && c.Load() > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// noteLoading records that model is being loaded on b for a request just
+// sent there. When b has no room, Ollama will evict an idle model for it:
+// one is dropped from the view at once, so the requests that follow are
+// not sent to a model that is going away (the refresh after the load
+// shows which one went).
+func (b *Backend) noteLoading(model string) {
+	if model == "" || b.cat.loaded(model) {
+		return
+	}
+	full := !b.hasRoom()
+	b.cat.update(func(m *models) {
+		if full {
+			for name := range m.loaded {
+				if c := b.counter(name, false); c == nil || c.Load() == 0 {
+					delete(m.loaded, name)
+					break
+				}
+			}
+		}
+		m.loaded[model] = true
+		if m.known {
+			m.installed[model] = true
+		}
+	})
+}

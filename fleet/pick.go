@@ -198,38 +198,44 @@ func (f *Fleet) modelAware(cands set, model string, key uint64) (*Backend, Reaso
 		}
 		return f.leastLoaded(ready), ReasonLoaded
 	}
+	// Every warm backend is saturated, or none is warm. A cold load goes
+	// where it evicts no model in use; if that is nowhere and the model is
+	// warm somewhere, its queue there is the lesser evil: an eviction of a
+	// busy model only moves the load to that model's next request.
 	cold := cands &^ warm
-	if cold == 0 {
+	free := f.filter(cold, (*Backend).evictsNobody)
+	switch {
+	case free == 0 && warm != 0:
 		if key != 0 {
 			return f.affinity(warm, key), ReasonAffinity
 		}
 		return f.leastLoaded(warm), ReasonLoaded
+	case free == 0:
+		free = cold
 	}
-	b := f.coldChoice(cold)
+	b := f.coldChoice(free)
 	// Later requests for the model come here too while it loads, instead
 	// of loading it everywhere at once; the next refresh corrects this if
 	// the load fails.
-	b.cat.noteLoaded(model)
+	b.noteLoading(model)
 	return b, ReasonLeastLoaded
 }
 
-// saturated: the model's outstanding requests on b reach SaturatedAt, and
-// (once a load time has been seen) the queue they make is expected to take
-// longer than loading the model elsewhere would.
+// saturated: the model's outstanding requests on b reach SaturatedAt and,
+// once a load time has been seen, a request sent there now is expected to
+// take longer than a cold load elsewhere. By Little's law the time a new
+// request spends on b is about the mean time recent ones spent there
+// (queue included): the service estimate.
 func (f *Fleet) saturated(b *Backend, model string) bool {
 	c := b.counter(model, false)
-	if c == nil {
-		return false
-	}
-	out := c.Load()
-	if out < int64(f.cfg.SaturatedAt) {
+	if c == nil || c.Load() < int64(f.cfg.SaturatedAt) {
 		return false
 	}
 	load, svc := f.loadEstimate(), b.serviceEstimate()
 	if load <= 0 || svc <= 0 {
 		return true
 	}
-	return time.Duration(out)*svc >= load
+	return svc >= load
 }
 
 // coldChoice picks where to load a model: the backend with the fewest
@@ -309,7 +315,9 @@ func (f *Fleet) roundRobin(s set) *Backend {
 // loads: the candidates are ranked by a weighted hash of (conversation,
 // backend name), the same ranking on every gateway replica, and the first
 // whose outstanding requests stay within AffinityLoadFactor times its
-// weighted share of the total (plus this one) takes the request. While
+// weighted share of the total (plus this one) takes the request. The
+// bound is never below SaturatedAt: at low load, one request more than
+// the mean is no reason to lose a conversation's prompt cache. While
 // loads are even every replica sends a conversation to the same backend;
 // a hot conversation or system prompt cannot pile onto one backend.
 func (f *Fleet) affinity(s set, key uint64) *Backend {
@@ -330,8 +338,8 @@ func (f *Fleet) affinity(s set, key uint64) *Backend {
 				best, bestScore = b, sc
 			}
 		}
-		bound := f.cfg.AffinityLoadFactor * float64(total+1) * float64(best.Weight) / float64(weights)
-		if float64(best.outstanding.Load()+1) <= math.Ceil(bound) {
+		bound := max(math.Ceil(f.cfg.AffinityLoadFactor*float64(total+1)*float64(best.Weight)/float64(weights)), float64(f.cfg.SaturatedAt))
+		if float64(best.outstanding.Load()+1) <= bound {
 			return best
 		}
 		left &^= set(best.Bit())

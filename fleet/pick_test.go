@@ -91,6 +91,41 @@ func TestPickModelAware(t *testing.T) {
 	}
 }
 
+func TestPickColdLoadEvictsNoModelInUse(t *testing.T) {
+	f := testFleet(t, Config{}, 1, 1)
+	warm, other := f.Backends()[0], f.Backends()[1]
+	setCatalogue(warm, []string{"m", "n"}, []string{"m"})
+	setCatalogue(other, []string{"m", "n"}, []string{"n"})
+	other.cat.maxLoaded.Store(1) // other holds one model at a time
+	for range 5 {
+		warm.Start("m") // m saturated on warm
+	}
+	busyN := other.Start("n") // n in use on other
+	if b, _, _ := f.Pick(Request{Model: "m", NeedModel: true, Inference: true}); b != warm {
+		t.Fatalf("picked %s: loading m there would evict n while in use; want the warm %s", b.Name, warm.Name)
+	}
+	busyN.End(Success, 0) // n idle now: evicting it delays nobody
+	b, _, _ := f.Pick(Request{Model: "m", NeedModel: true, Inference: true})
+	if b != other {
+		t.Fatalf("picked %s, want %s (n idle)", b.Name, other.Name)
+	}
+	// The load evicts n there: the view says so before any refresh.
+	if got := other.Loaded(); len(got) != 1 || got[0] != "m:latest" {
+		t.Fatalf("loaded on %s: %v, want [m:latest]", other.Name, got)
+	}
+}
+
+func TestAffinityKeepsConversationAtLowLoad(t *testing.T) {
+	f := testFleet(t, Config{}, 1, 1, 1)
+	key := uint64(7)
+	home := f.affinity(all(f), key)
+	home.Start("m")
+	home.Start("m") // two in flight, the others idle: under saturated_at (4)
+	if got := f.affinity(all(f), key); got != home {
+		t.Fatalf("conversation moved to %s at 2 outstanding", got.Name)
+	}
+}
+
 func TestPickUnknownCatalogueForwards(t *testing.T) {
 	f := testFleet(t, Config{}, 1, 1)
 	setCatalogue(f.Backends()[0], []string{"x"}, nil)

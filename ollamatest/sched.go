@@ -65,6 +65,15 @@ type SchedulerConfig struct {
 	// and keep_alive 0 unloads the model once it is idle. Negative means
 	// never. Default DefaultKeepAlive.
 	KeepAlive time.Duration `mapstructure:"keep_alive"`
+	// MultiUserCache chooses slots as Ollama does with
+	// OLLAMA_MULTIUSER_CACHE=1 (runner/ollamarunner/cache.go,
+	// findBestCacheSlot): a free slot whose whole cache the prompt extends
+	// is reused; otherwise the least recently used free slot is taken and
+	// given the longest prefix any slot holds (a shared system prompt stays
+	// cached). Off (Ollama's default, findLongestCacheSlot): the free slot
+	// with the longest common prefix, the first on a tie, so a new
+	// conversation overwrites the first slot's.
+	MultiUserCache bool `mapstructure:"multi_user_cache"`
 }
 
 // withDefaults validates c and fills in its defaults.
@@ -110,6 +119,8 @@ type scheduler struct {
 	st   *Stats      // the Server's counters
 	done <-chan struct{}
 
+	// uses counts slot grants: the clock of slot.lastUsed.
+	uses    int64
 	pending int                // leases admitted and not yet running
 	runners map[string]*runner // loaded or loading, by normalized model name
 	loadQ   []*lease           // leases that need a load, in arrival order; only the head evicts and loads

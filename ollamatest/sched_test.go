@@ -364,6 +364,43 @@ func TestSchedPromptCache(t *testing.T) {
 	}
 }
 
+// TestSchedSlotChoice checks Ollama's two slot choices with two slots and
+// two conversations taking turns: by default the second conversation takes
+// the first slot (the longest shared prefix, the system prompt) and the
+// first conversation loses its history; with the multi-user cache it takes
+// the least recently used slot and both keep theirs.
+func TestSchedSlotChoice(t *testing.T) {
+	reply := ReplyText(3)
+	turn1 := func(user string) string {
+		return `{"model":"llama3.2","stream":false,"messages":[{"role":"system","content":"s1 s2 s3"},{"role":"user","content":"` + user + `"}]}`
+	}
+	turn2 := func(user string) string {
+		return `{"model":"llama3.2","stream":false,"messages":[{"role":"system","content":"s1 s2 s3"},{"role":"user","content":"` + user +
+			`"},{"role":"assistant","content":"` + reply + `"},{"role":"user","content":"more please"}]}`
+	}
+	tests := []struct {
+		name      string
+		multiUser bool
+		// cached tokens of: A turn 1, B turn 1, A turn 2, B turn 2
+		want [4]int64
+	}{
+		{"longest prefix (Ollama's default)", false, [4]int64{0, 3, 3, 3}},
+		{"multi-user cache", true, [4]int64{0, 3, 8, 8}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newSchedServer(t, Config{Tokens: 3}, SchedulerConfig{NumParallel: 2, MultiUserCache: tt.multiUser})
+			for i, body := range []string{turn1("a1 a2"), turn1("b1 b2"), turn2("a1 a2"), turn2("b1 b2")} {
+				before := s.Stats().CachedPromptTokens
+				readAll(t, do(t, "POST", s.URL()+"/api/chat", body))
+				if got := s.Stats().CachedPromptTokens - before; got != tt.want[i] {
+					t.Errorf("request %d: %d tokens from cache, want %d", i, got, tt.want[i])
+				}
+			}
+		})
+	}
+}
+
 // TestSchedClientLeaves checks that a request whose client leaves while it
 // waits gives up its place, whatever it waits for.
 func TestSchedClientLeaves(t *testing.T) {

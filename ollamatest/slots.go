@@ -11,22 +11,20 @@ import "strings"
 type slot struct {
 	busy  bool
 	cache []string // the tokens it last processed
+	// lastUsed orders the slots by their last grant (scheduler.uses).
+	lastUsed int64
 }
 
 // grant starts the leases queued on r, in order, while r has free slots.
-// Like Ollama's runner (findLongestCacheSlot), each gets the free slot whose
-// cache shares the longest prefix with its prompt; a prompt found whole
-// still evaluates its last token. Callers hold mu.
+// Each gets a slot as Ollama's runner chooses it (longestSlot, or bestSlot
+// with MultiUserCache); a prompt found whole still evaluates its last
+// token. Callers hold mu.
 func (sc *scheduler) grant(r *runner) {
 	for len(r.queue) > 0 {
 		l := r.queue[0]
-		best, longest := -1, -1
-		for i := range r.slots {
-			if s := &r.slots[i]; !s.busy {
-				if n := commonPrefix(s.cache, l.prompt); n > longest {
-					best, longest = i, n
-				}
-			}
+		best, longest := longestSlot(r.slots, l.prompt)
+		if sc.cfg.MultiUserCache {
+			best, longest = bestSlot(r.slots, l.prompt)
 		}
 		if best < 0 {
 			return
@@ -39,13 +37,50 @@ func (sc *scheduler) grant(r *runner) {
 			longest--
 		}
 		s := &r.slots[best]
-		s.busy, s.cache = true, l.prompt
+		sc.uses++
+		s.busy, s.cache, s.lastUsed = true, l.prompt, sc.uses
 		l.slot, l.cached = best, longest
 		sc.started(l)
 		sc.st.PromptTokens += int64(len(l.prompt))
 		sc.st.CachedPromptTokens += int64(longest)
 		close(l.granted)
 	}
+}
+
+// longestSlot is Ollama's default choice (findLongestCacheSlot): the free
+// slot sharing the longest prefix with prompt, the first on a tie; -1 when
+// every slot is busy.
+func longestSlot(slots []slot, prompt []string) (best, longest int) {
+	best, longest = -1, -1
+	for i := range slots {
+		if s := &slots[i]; !s.busy {
+			if n := commonPrefix(s.cache, prompt); n > longest {
+				best, longest = i, n
+			}
+		}
+	}
+	return best, longest
+}
+
+// bestSlot is Ollama's choice with OLLAMA_MULTIUSER_CACHE
+// (findBestCacheSlot): a free slot whose whole cache prompt extends, else
+// the least recently used free slot, into which the longest prefix any
+// slot holds is copied; -1 when every slot is busy.
+func bestSlot(slots []slot, prompt []string) (best, longest int) {
+	longest, longestAt, oldest := -1, -1, -1
+	for i := range slots {
+		s := &slots[i]
+		if n := commonPrefix(s.cache, prompt); n > longest {
+			longest, longestAt = n, i
+		}
+		if !s.busy && (oldest < 0 || s.lastUsed < slots[oldest].lastUsed) {
+			oldest = i
+		}
+	}
+	if s := &slots[longestAt]; longest == len(s.cache) && !s.busy {
+		return longestAt, longest
+	}
+	return oldest, longest
 }
 
 // commonPrefix is the number of leading tokens a and b share.

@@ -62,6 +62,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	fs.DurationVar(&sc.LoadTime, "load-time", 0, "duration of a cold load")
 	fs.DurationVar(&sc.PromptTokenTime, "prompt-token-time", 0, "prefill time per uncached prompt token")
 	fs.DurationVar(&sc.KeepAlive, "keep-alive", ollamatest.DefaultKeepAlive, "idle time before a model unloads; negative: never (OLLAMA_KEEP_ALIVE)")
+	fs.BoolVar(&sc.MultiUserCache, "multi-user-cache", false, "choose prompt-cache slots as OLLAMA_MULTIUSER_CACHE=1 does")
 	stdinEOF := fs.Bool("exit-on-stdin-eof", true, "exit when stdin closes")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -79,7 +80,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	explicitOff := false
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
-		case "parallel", "max-queue", "max-loaded", "load-time", "prompt-token-time", "keep-alive":
+		case "parallel", "max-queue", "max-loaded", "load-time", "prompt-token-time", "keep-alive", "multi-user-cache":
 			schedFlags = append(schedFlags, "-"+f.Name)
 		case "sched":
 			explicitOff = !*sched
