@@ -41,14 +41,25 @@ type conversationBody struct {
 }
 
 // Route reads what routing needs from a JSON request body: its top-level
-// "model", and the key of the conversation it continues (ConversationKey).
-// A body that does not parse gives "" and 0.
-func Route(kind BodyKind, body []byte) (model string, key uint64) {
+// "model", and its conversation (ConversationKey). A body that does not
+// parse gives "" and the zero Conversation.
+func Route(kind BodyKind, body []byte) (model string, c Conversation) {
 	var cb conversationBody
 	if len(body) == 0 || json.Unmarshal(body, &cb) != nil {
-		return "", 0
+		return "", Conversation{}
 	}
-	return cb.Model, cb.key(kind, cb.Model)
+	return cb.Model, cb.conversation(kind, cb.Model)
+}
+
+// Conversation is what routing knows of the conversation a request is part
+// of.
+type Conversation struct {
+	// Key identifies it (0: none): the same for all its turns.
+	Key uint64
+	// Continues: the request carries earlier turns (an assistant message,
+	// a /chat history), whose prefill a backend's prompt cache may hold.
+	// A first turn has nothing cached to lose but the shared system prompt.
+	Continues bool
 }
 
 // ConversationKey identifies the conversation a request continues, from
@@ -59,18 +70,19 @@ func Route(kind BodyKind, body []byte) (model string, key uint64) {
 // body has no conversation or does not parse (the request is then routed
 // on load alone). model overrides the body's own (Vega's /chat names its
 // model apart).
-func ConversationKey(kind BodyKind, model string, body []byte) uint64 {
+func ConversationKey(kind BodyKind, model string, body []byte) Conversation {
 	var cb conversationBody
 	if len(body) == 0 || json.Unmarshal(body, &cb) != nil {
-		return 0
+		return Conversation{}
 	}
-	return cb.key(kind, model)
+	return cb.conversation(kind, model)
 }
 
-func (cb *conversationBody) key(kind BodyKind, model string) uint64 {
+func (cb *conversationBody) conversation(kind BodyKind, model string) Conversation {
 	if kind == NoConversation {
-		return 0
+		return Conversation{}
 	}
+	continues := false
 	h := newHash()
 	h.add([]byte(NormalizeModel(model)))
 	h.add(trim(cb.System))
@@ -86,6 +98,9 @@ func (cb *conversationBody) key(kind BodyKind, model string) uint64 {
 			first = trim(m.Content)
 			break
 		}
+		for _, m := range cb.Messages {
+			continues = continues || m.Role == "assistant"
+		}
 	case Prompt:
 		first = trim(cb.Prompt)
 		if len(first) > promptPrefixBytes {
@@ -94,18 +109,16 @@ func (cb *conversationBody) key(kind BodyKind, model string) uint64 {
 	case VegaChat:
 		if len(cb.History) > 0 {
 			first = trim(cb.History[0].Content)
+			continues = true
 		} else {
 			first = trim(cb.Prompt)
 		}
 	}
 	if len(first) == 0 || string(first) == "null" {
-		return 0
+		return Conversation{}
 	}
 	h.add(first)
-	if h.sum == 0 {
-		return 1
-	}
-	return h.sum
+	return Conversation{Key: max(h.sum, 1), Continues: continues}
 }
 
 func trim(b []byte) []byte { return bytes.TrimSpace(b) }

@@ -26,11 +26,12 @@ func TestConversationKey(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, ka := Route(tt.kind, []byte(tt.a))
-			_, kb := Route(tt.kind, []byte(tt.b))
+			_, ca := Route(tt.kind, []byte(tt.a))
+			_, cb := Route(tt.kind, []byte(tt.b))
 			if tt.kind == VegaChat {
-				ka, kb = ConversationKey(tt.kind, "m", []byte(tt.a)), ConversationKey(tt.kind, "m", []byte(tt.b))
+				ca, cb = ConversationKey(tt.kind, "m", []byte(tt.a)), ConversationKey(tt.kind, "m", []byte(tt.b))
 			}
+			ka, kb := ca.Key, cb.Key
 			if ka == 0 || kb == 0 {
 				t.Fatalf("keys %d, %d: want both set", ka, kb)
 			}
@@ -40,12 +41,21 @@ func TestConversationKey(t *testing.T) {
 		})
 	}
 	for _, body := range []string{``, `not json`, `{"model":"m"}`, `{"model":"m","messages":[]}`} {
-		if _, k := Route(Messages, []byte(body)); k != 0 {
-			t.Fatalf("Route(%q) key = %d, want 0", body, k)
+		if _, c := Route(Messages, []byte(body)); c.Key != 0 {
+			t.Fatalf("Route(%q) key = %d, want 0", body, c.Key)
 		}
 	}
-	if _, k := Route(NoConversation, []byte(turn1)); k != 0 {
+	if _, c := Route(NoConversation, []byte(turn1)); c.Key != 0 {
 		t.Fatalf("embeddings got a key")
+	}
+	if _, c := Route(Messages, []byte(turn1)); c.Continues {
+		t.Fatal("a first turn continues nothing")
+	}
+	if _, c := Route(Messages, []byte(turn2)); !c.Continues {
+		t.Fatal("turn 2 carries turn 1: it continues the conversation")
+	}
+	if c := ConversationKey(VegaChat, "m", []byte(`{"prompt":"again","history":[{"role":"user","content":"hello"}]}`)); !c.Continues {
+		t.Fatal("a /chat with history continues its conversation")
 	}
 	if m, _ := Route(Messages, []byte(`{"options":{"model":"x"},"model":"m","messages":[]}`)); m != "m" {
 		t.Fatalf("model = %q, want the top-level one", m)

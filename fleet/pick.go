@@ -66,8 +66,8 @@ var (
 type Request struct {
 	// Model is the request's model as sent ("" for routes without one).
 	Model string
-	// Key identifies the conversation (ConversationKey); 0 for none.
-	Key uint64
+	// Conversation is the request's (ConversationKey); zero for none.
+	Conversation
 	// Tried are the backends (Bit) an earlier attempt of this request used.
 	Tried uint64
 	// NeedModel restricts the choice to backends that have Model installed
@@ -166,7 +166,7 @@ func (f *Fleet) pickAmong(r Request) (*Backend, Reason, error) {
 	case f.cfg.Policy == PolicyLeastLoaded || model == "" || !r.Inference:
 		b, reason = f.leastLoaded(cands), ReasonLeastLoaded
 	default:
-		b, reason = f.modelAware(cands, model, r.Key)
+		b, reason = f.modelAware(cands, model, r.Conversation)
 	}
 	if r.Tried != 0 {
 		reason = ReasonFailover
@@ -189,12 +189,12 @@ func (f *Fleet) Pin(name string) *Backend {
 // (by conversation if there is one, else the least loaded); if every warm
 // one is saturated and a cold one exists, the cold one that loses least by
 // loading the model; else the saturated warm ones.
-func (f *Fleet) modelAware(cands set, model string, key uint64) (*Backend, Reason) {
+func (f *Fleet) modelAware(cands set, model string, conv Conversation) (*Backend, Reason) {
 	warm := f.filter(cands, func(b *Backend) bool { return b.cat.loaded(model) })
 	ready := f.filter(warm, func(b *Backend) bool { return !f.saturated(b, model) })
 	if ready != 0 {
-		if key != 0 {
-			return f.affinity(ready, key), ReasonAffinity
+		if conv.Key != 0 {
+			return f.affinity(ready, conv), ReasonAffinity
 		}
 		return f.leastLoaded(ready), ReasonLoaded
 	}
@@ -206,8 +206,8 @@ func (f *Fleet) modelAware(cands set, model string, key uint64) (*Backend, Reaso
 	free := f.filter(cold, (*Backend).evictsNobody)
 	switch {
 	case free == 0 && warm != 0:
-		if key != 0 {
-			return f.affinity(warm, key), ReasonAffinity
+		if conv.Key != 0 {
+			return f.affinity(warm, conv), ReasonAffinity
 		}
 		return f.leastLoaded(warm), ReasonLoaded
 	case free == 0:
@@ -273,24 +273,31 @@ func less(a, b *Backend) int {
 	return 0
 }
 
-// leastLoaded is the power of two random choices by outstanding requests
-// per weight (Mitzenmacher 2001): nearly as good as the least loaded of all
-// and immune to the herd that a strict minimum draws.
+// leastLoaded is the candidate with the fewest outstanding requests per
+// weight, a random one among equals. The counts are this gateway's own and
+// exact, so the herd that a strict minimum draws over stale, shared load
+// reports (what the power of two choices guards against) cannot form; over
+// a handful of backends the full minimum balances better than two samples.
 func (f *Fleet) leastLoaded(s set) *Backend {
-	n := s.count()
-	if n == 1 {
-		return f.nth(s, 0)
+	var best *Backend
+	ties := 0
+	for rest := s; rest != 0; rest &= rest - 1 {
+		b := f.backends[bits.TrailingZeros64(uint64(rest))]
+		if best == nil {
+			best, ties = b, 1
+			continue
+		}
+		switch less(b, best) {
+		case -1:
+			best, ties = b, 1
+		case 0:
+			ties++
+			if rand.IntN(ties) == 0 { // reservoir: each tie equally likely
+				best = b
+			}
+		}
 	}
-	i := rand.IntN(n)
-	j := rand.IntN(n - 1)
-	if j >= i {
-		j++
-	}
-	a, b := f.nth(s, i), f.nth(s, j)
-	if less(b, a) < 0 {
-		return b
-	}
-	return a
+	return best
 }
 
 // roundRobin is weighted round robin over the candidates.
@@ -315,12 +322,14 @@ func (f *Fleet) roundRobin(s set) *Backend {
 // loads: the candidates are ranked by a weighted hash of (conversation,
 // backend name), the same ranking on every gateway replica, and the first
 // whose outstanding requests stay within AffinityLoadFactor times its
-// weighted share of the total (plus this one) takes the request. The
-// bound is never below SaturatedAt: at low load, one request more than
-// the mean is no reason to lose a conversation's prompt cache. While
+// weighted share of the total (plus this one) takes the request. For a
+// request that continues a conversation the bound is never below
+// SaturatedAt: at low load, one request more than the mean is no reason to
+// lose its cached history; a first turn has none yet and takes the strict
+// bound, so single prompts spread as evenly as by load. While
 // loads are even every replica sends a conversation to the same backend;
 // a hot conversation or system prompt cannot pile onto one backend.
-func (f *Fleet) affinity(s set, key uint64) *Backend {
+func (f *Fleet) affinity(s set, conv Conversation) *Backend {
 	var total, weights int64
 	for rest := s; rest != 0; rest &= rest - 1 {
 		b := f.backends[bits.TrailingZeros64(uint64(rest))]
@@ -334,11 +343,14 @@ func (f *Fleet) affinity(s set, key uint64) *Backend {
 		bestScore := math.Inf(-1)
 		for rest := left; rest != 0; rest &= rest - 1 {
 			b := f.backends[bits.TrailingZeros64(uint64(rest))]
-			if sc := rendezvousScore(key, b); sc > bestScore {
+			if sc := rendezvousScore(conv.Key, b); sc > bestScore {
 				best, bestScore = b, sc
 			}
 		}
-		bound := max(math.Ceil(f.cfg.AffinityLoadFactor*float64(total+1)*float64(best.Weight)/float64(weights)), float64(f.cfg.SaturatedAt))
+		bound := math.Ceil(f.cfg.AffinityLoadFactor * float64(total+1) * float64(best.Weight) / float64(weights))
+		if conv.Continues {
+			bound = max(bound, float64(f.cfg.SaturatedAt))
+		}
 		if float64(best.outstanding.Load()+1) <= bound {
 			return best
 		}

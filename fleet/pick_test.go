@@ -117,7 +117,7 @@ func TestPickColdLoadEvictsNoModelInUse(t *testing.T) {
 
 func TestAffinityKeepsConversationAtLowLoad(t *testing.T) {
 	f := testFleet(t, Config{}, 1, 1, 1)
-	key := uint64(7)
+	key := Conversation{Key: 7, Continues: true}
 	home := f.affinity(all(f), key)
 	home.Start("m")
 	home.Start("m") // two in flight, the others idle: under saturated_at (4)
@@ -217,7 +217,7 @@ func TestAffinitySameAcrossReplicasAndBounded(t *testing.T) {
 	b := testFleet(t, Config{}, 1, 1, 1) // another replica: same names, no shared state
 	counts := map[string]int{}
 	for k := uint64(1); k <= 3000; k++ {
-		x, y := a.affinity(all(a), k), b.affinity(all(b), k)
+		x, y := a.affinity(all(a), Conversation{Key: k}), b.affinity(all(b), Conversation{Key: k})
 		if x.Name != y.Name {
 			t.Fatalf("key %d: replicas disagree: %s vs %s", k, x.Name, y.Name)
 		}
@@ -230,7 +230,7 @@ func TestAffinitySameAcrossReplicasAndBounded(t *testing.T) {
 	}
 	// The key's backend is passed over once it carries more than its
 	// bounded share.
-	key := uint64(42)
+	key := Conversation{Key: 42, Continues: true}
 	home := a.affinity(all(a), key)
 	for range 10 {
 		home.Start("m")
@@ -244,7 +244,7 @@ func TestAffinityFollowsWeight(t *testing.T) {
 	f := testFleet(t, Config{}, 1, 3)
 	counts := map[string]int{}
 	for k := uint64(1); k <= 4000; k++ {
-		counts[f.affinity(all(f), k).Name]++
+		counts[f.affinity(all(f), Conversation{Key: k}).Name]++
 	}
 	if n := counts["b1"]; n < 2700 || n > 3300 {
 		t.Fatalf("weight 3 of 4 got %d of 4000 keys", n)
@@ -350,7 +350,7 @@ func TestConcurrentPicksAndRefreshes(t *testing.T) {
 			defer wg.Done()
 			for i := range 2000 {
 				model := []string{"m", "n"}[i%2]
-				b, _, err := f.Pick(Request{Model: model, Key: uint64(g*1000 + i%7 + 1), NeedModel: true, Inference: true})
+				b, _, err := f.Pick(Request{Model: model, Conversation: Conversation{Key: uint64(g*1000 + i%7 + 1)}, NeedModel: true, Inference: true})
 				if err != nil {
 					continue // n may be missing everywhere for a moment
 				}

@@ -260,7 +260,7 @@ func (g *Gateway) targetOf(ctx *fasthttp.RequestCtx, x *exchange) (routeTarget, 
 	}
 	name := x.route.name
 	if kind, inference := bodyKinds[name]; inference {
-		t.Model, t.Key = fleet.Route(kind, ctx.Request.Body())
+		t.Model, t.Conversation = fleet.Route(kind, ctx.Request.Body())
 		t.NeedModel, t.Inference = t.Model != "", true
 		return t, apiError{}, true
 	}
