@@ -13,7 +13,7 @@ const (
 	PolicyModelAware = "model_aware"
 	// PolicyLeastLoaded picks, among healthy backends that have the model
 	// installed, the one with the fewest outstanding requests per weight
-	// (power of two random choices), ignoring warmth and conversations.
+	// (random among equals), ignoring warmth and conversations.
 	PolicyLeastLoaded = "least_loaded"
 	// PolicyRoundRobin cycles through the healthy backends that have the
 	// model installed, by weight: nginx's default, for comparison.
@@ -68,10 +68,11 @@ type Config struct {
 	// for the model; when every warm backend is saturated a cold one is
 	// used. Default DefaultSaturatedAt.
 	SaturatedAt int `mapstructure:"saturated_at"`
-	// AffinityLoadFactor bounds conversation affinity: a conversation's
-	// backend is passed over while its outstanding requests exceed this
-	// factor times the weighted mean. Must be at least 1. Default
-	// DefaultAffinityLoadFactor.
+	// AffinityLoadFactor bounds conversation affinity: a request that
+	// continues a conversation passes over the conversation's backend when
+	// its outstanding requests would exceed this factor times the weighted
+	// mean (and saturated_at); a first turn, when they would exceed the
+	// mean. Must be at least 1. Default DefaultAffinityLoadFactor.
 	AffinityLoadFactor float64 `mapstructure:"affinity_load_factor"`
 	// BreakerFailures consecutive failures of a backend (connect errors,
 	// resets, 5xx but busy; not 4xx, not client cancels) open its circuit

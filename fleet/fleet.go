@@ -41,6 +41,9 @@ type Fleet struct {
 	modelMissing atomic.Int64
 	// loadEWMA is the mean cold load time seen across the fleet (ns).
 	loadEWMA atomic.Int64
+	// coldMu serialises the choice of a backend for a cold load with its
+	// mark in the catalogue (never held across I/O).
+	coldMu sync.Mutex
 }
 
 // Backend is one member with its live routing state: outstanding requests,
