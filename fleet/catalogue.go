@@ -23,6 +23,9 @@ type catalogue struct {
 	kick chan struct{}
 	// refreshes and refreshErrors count catalogue fetches.
 	refreshes, refreshErrors atomic.Int64
+	// loading holds when each model was marked as loading (noteLoading),
+	// under mu, so a refresh that began before the mark keeps it.
+	loading map[string]time.Time
 	// maxLoaded is the most models /api/ps has listed at once: what the
 	// backend can hold (OLLAMA_MAX_LOADED_MODELS and memory), as far as
 	// seen; 0 before any.
@@ -36,13 +39,17 @@ type models struct {
 	known     bool
 	installed map[string]bool
 	loaded    map[string]bool
-	at        time.Time
-	err       string
+	// pending are loaded models whose load is still under way (sent here
+	// cold, not yet answered nor listed by /api/ps).
+	pending map[string]bool
+	at      time.Time
+	err     string
 }
 
 func (c *catalogue) init() {
-	c.cur.Store(&models{installed: map[string]bool{}, loaded: map[string]bool{}})
+	c.cur.Store(&models{installed: map[string]bool{}, loaded: map[string]bool{}, pending: map[string]bool{}})
 	c.kick = make(chan struct{}, 1)
+	c.loading = map[string]time.Time{}
 }
 
 // mayHave: the model is installed, or the catalogue is not known yet.
@@ -53,6 +60,9 @@ func (c *catalogue) mayHave(model string) bool {
 
 func (c *catalogue) loaded(model string) bool { return c.cur.Load().loaded[model] }
 
+// pending: model is being loaded here now.
+func (c *catalogue) pending(model string) bool { return c.cur.Load().pending[model] }
+
 func (c *catalogue) loadedCount() int { return len(c.cur.Load().loaded) }
 
 // update applies fn to a copy of the current view.
@@ -61,9 +71,12 @@ func (c *catalogue) update(fn func(m *models)) {
 	defer c.mu.Unlock()
 	old := c.cur.Load()
 	m := &models{known: old.known, installed: make(map[string]bool, len(old.installed)),
-		loaded: make(map[string]bool, len(old.loaded)+1), at: old.at, err: old.err}
+		loaded: make(map[string]bool, len(old.loaded)+1), pending: make(map[string]bool, len(old.pending)+1), at: old.at, err: old.err}
 	for k := range old.installed {
 		m.installed[k] = true
+	}
+	for k := range old.pending {
+		m.pending[k] = true
 	}
 	for k := range old.loaded {
 		m.loaded[k] = true
@@ -75,10 +88,11 @@ func (c *catalogue) update(fn func(m *models)) {
 // noteLoaded records that model is (or is being) loaded: a request for it
 // was answered or sent there. A loaded model is installed.
 func (c *catalogue) noteLoaded(model string) {
-	if model == "" || c.loaded(model) {
+	if model == "" || c.loaded(model) && !c.pending(model) {
 		return
 	}
 	c.update(func(m *models) {
+		delete(m.pending, model)
 		m.loaded[model] = true
 		if m.known {
 			m.installed[model] = true
@@ -184,6 +198,7 @@ func (ft *fetcher) list(path string) (map[string]bool, error) {
 // outstanding stays loaded: Ollama lists a model in /api/ps only once its
 // load has finished. It reports whether the backend answered.
 func (b *Backend) refresh(ft *fetcher) bool {
+	began := time.Now()
 	installed, err := ft.list("/api/tags")
 	var loaded map[string]bool
 	if err == nil {
@@ -198,18 +213,29 @@ func (b *Backend) refresh(ft *fetcher) bool {
 	if n := int64(len(loaded)); n > b.cat.maxLoaded.Load() {
 		b.cat.maxLoaded.Store(n)
 	}
+	pending := map[string]bool{}
 	b.modelsMu.RLock()
 	for name, c := range b.perModel {
-		if name != "" && c.Load() > 0 {
-			loaded[name] = true
+		if name != "" && c.Load() > 0 && !loaded[name] {
+			loaded[name], pending[name] = true, true
 		}
 	}
 	b.modelsMu.RUnlock()
+	b.cat.mu.Lock()
+	// A model marked as loading while the lists were fetched was sent
+	// here after Ollama answered them: keep the mark until the next fetch.
+	for name, at := range b.cat.loading {
+		if at.After(began) {
+			pending[name] = pending[name] || !loaded[name]
+			loaded[name] = true
+		} else {
+			delete(b.cat.loading, name)
+		}
+	}
 	for name := range loaded {
 		installed[name] = true
 	}
-	b.cat.mu.Lock()
-	b.cat.cur.Store(&models{known: true, installed: installed, loaded: loaded, at: time.Now()})
+	b.cat.cur.Store(&models{known: true, installed: installed, loaded: loaded, pending: pending, at: time.Now()})
 	b.cat.mu.Unlock()
 	return true
 }
@@ -261,6 +287,8 @@ func (b *Backend) noteLoading(model string) {
 	}
 	full := !b.hasRoom()
 	b.cat.update(func(m *models) {
+		b.cat.loading[model] = time.Now()
+		m.pending[model] = true
 		if full {
 			for name := range m.loaded {
 				if c := b.counter(name, false); c == nil || c.Load() == 0 {

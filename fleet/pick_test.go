@@ -31,7 +31,7 @@ func testFleet(t testing.TB, cfg Config, weights ...int) *Fleet {
 
 // setCatalogue replaces b's catalogue with known installed and loaded sets.
 func setCatalogue(b *Backend, installed, loaded []string) {
-	m := &models{known: true, installed: map[string]bool{}, loaded: map[string]bool{}}
+	m := &models{known: true, installed: map[string]bool{}, loaded: map[string]bool{}, pending: map[string]bool{}}
 	for _, n := range installed {
 		m.installed[NormalizeModel(n)] = true
 	}
@@ -145,11 +145,14 @@ func TestPickColdLoadConcentrates(t *testing.T) {
 	}
 	first, _, _ := f.Pick(Request{Model: "m", NeedModel: true, Inference: true})
 	first.Start("m")
-	for range 3 {
+	// Past saturated_at too: while the load is under way, a second load
+	// elsewhere would serve the queue no sooner.
+	for range 6 {
 		b, reason, _ := f.Pick(Request{Model: "m", NeedModel: true, Inference: true})
 		if b != first || reason != ReasonLoaded {
 			t.Fatalf("picked %s (%s), want %s (loaded)", b.Name, reason, first.Name)
 		}
+		b.Start("m")
 	}
 }
 
@@ -370,3 +373,27 @@ func TestConcurrentPicksAndRefreshes(t *testing.T) {
 
 // all is the set of every backend of f.
 func all(f *Fleet) set { return set(1)<<f.Len() - 1 }
+
+func TestPickBurstLoadsOnce(t *testing.T) {
+	for range 50 {
+		f := testFleet(t, Config{}, 1, 1, 1)
+		for _, b := range f.Backends() {
+			setCatalogue(b, []string{"m"}, nil)
+		}
+		var wg sync.WaitGroup
+		got := make([]*Backend, 6)
+		for i := range got {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				got[i], _, _ = f.Pick(Request{Model: "m", NeedModel: true, Inference: true})
+			}()
+		}
+		wg.Wait()
+		for _, b := range got[1:] {
+			if b != got[0] {
+				t.Fatalf("a burst for a model loaded nowhere went to %s and %s", got[0].Name, b.Name)
+			}
+		}
+	}
+}
