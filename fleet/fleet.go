@@ -39,8 +39,8 @@ type Fleet struct {
 	noBackend atomic.Int64
 	// modelMissing counts requests answered 404 without a round trip.
 	modelMissing atomic.Int64
-	// loadEWMA is the mean cold load time seen across the fleet (ns).
-	loadEWMA atomic.Int64
+	// loadMean is the mean cold load time seen across the fleet.
+	loadMean mean
 	// coldMu serialises the choice of a backend for a cold load with its
 	// mark in the catalogue (never held across I/O).
 	coldMu sync.Mutex
@@ -75,8 +75,8 @@ type Backend struct {
 	coldLoads atomic.Int64
 	busy      atomic.Int64
 	failures  atomic.Int64
-	// svcEWMA is the mean time a warm request holds the backend (ns).
-	svcEWMA atomic.Int64
+	// svcMean is the mean time a warm request holds the backend.
+	svcMean mean
 }
 
 // maxTrackedModels bounds the per-model counters of one backend; requests

@@ -48,11 +48,14 @@ func (t Ticket) End(r Result, loadDuration time.Duration) {
 		}
 		if loadDuration > f.cfg.ColdLoadThreshold {
 			b.coldLoads.Add(1)
-			ewma(&f.loadEWMA, loadDuration)
+			f.loadMean.add(loadDuration)
 			// The load may have evicted another model: look again now.
 			b.cat.requestRefresh()
-		} else if t.model != "" {
-			ewma(&b.svcEWMA, now.Sub(t.start))
+		}
+		if t.model != "" {
+			// The time it held b but for waiting for a load: its queue
+			// and its generation, what the next request can expect.
+			b.svcMean.add(max(now.Sub(t.start)-loadDuration, 0))
 		}
 	case Failure:
 		b.failures.Add(1)
@@ -67,23 +70,47 @@ func (t Ticket) End(r Result, loadDuration time.Duration) {
 	}
 }
 
-// ewma folds d into an exponentially weighted mean (α = 1/8) kept as
-// nanoseconds in v; racing updates may lose one sample, which a mean can
-// afford.
-func ewma(v *atomic.Int64, d time.Duration) {
-	old := v.Load()
-	if old == 0 {
-		v.Store(int64(d))
-		return
-	}
-	v.Store(old + (int64(d)-old)/8)
+// mean is an exponentially weighted mean of durations: the plain mean of
+// the first eight samples, then α = 1/8, so the first few measurements
+// count fully instead of being damped toward zero. Racing updates may lose
+// a sample, which a mean can afford.
+type mean struct {
+	ns atomic.Int64 // the mean, in nanoseconds
+	n  atomic.Int64 // samples folded in
 }
 
-// loadEstimate is the mean observed cold load time (0 before any).
-func (f *Fleet) loadEstimate() time.Duration { return time.Duration(f.loadEWMA.Load()) }
+func (m *mean) add(d time.Duration) {
+	n := min(m.n.Add(1), 8)
+	old := m.ns.Load()
+	m.ns.Store(old + (int64(d)-old)/n)
+}
 
-// serviceEstimate is the mean time a warm request holds b (0 before any).
-func (b *Backend) serviceEstimate() time.Duration { return time.Duration(b.svcEWMA.Load()) }
+func (m *mean) value() time.Duration { return time.Duration(m.ns.Load()) }
+
+// loadEstimate is the mean observed cold load time (0 before any).
+func (f *Fleet) loadEstimate() time.Duration { return f.loadMean.value() }
+
+// serviceEstimate is the mean time a warm request holds b; before b has
+// finished one, the mean over the backends that have (a backend that has
+// just loaded a model takes the overflow of one already measured), and 0
+// before any has.
+func (b *Backend) serviceEstimate() time.Duration {
+	if b.svcMean.n.Load() > 0 {
+		return b.svcMean.value()
+	}
+	var sum time.Duration
+	n := 0
+	for _, o := range b.f.backends {
+		if o.svcMean.n.Load() > 0 {
+			sum += o.svcMean.value()
+			n++
+		}
+	}
+	if n == 0 {
+		return 0
+	}
+	return sum / time.Duration(n)
+}
 
 // Usable reports whether b may take a request now: its pool is open and not
 // marked down by health probes, and its breaker is closed.

@@ -233,10 +233,10 @@ func (f *Fleet) modelAware(cands set, model string, conv Conversation) (*Backend
 // once a load time has been seen, a request sent there now is expected to
 // take longer than a cold load elsewhere. By Little's law the time a new
 // request spends on b is about the mean time recent ones spent there
-// (queue included): the service estimate. With a load time seen but no
-// warm request finished on b yet, b is not saturated: a load is known to
-// cost more than a queue not yet measured. Nor is it while the model is
-// still loading there: the requests queued behind that load would not be
+// (queue included): the service estimate. Before any load time is seen the
+// count alone decides; with one seen but no warm request measured yet, the
+// backend is not saturated (a load is known to cost more than a queue not
+// yet measured). Nor is it while the model is still loading there: the requests queued behind that load would not be
 // served sooner by a second load elsewhere, which would only take a
 // backend from another model.
 func (f *Fleet) saturated(b *Backend, model string) bool {
