@@ -34,7 +34,7 @@ type upstreamSection struct {
 // shared upstream.* (timeouts, health) and pool.* (bounds) settings.
 type upstreamEntry struct {
 	// Name identifies the backend in logs, metrics, the admin page and
-	// X-Vega-Backend. Default: the URL's host:port (fleet.DefaultName).
+	// X-Vega-Backend. Default: the URL's host:port (as fleet.New names it).
 	Name string `mapstructure:"name" json:"name"`
 	// URL is the backend's Ollama base URL. Required.
 	URL string `mapstructure:"url" json:"url"`

@@ -104,7 +104,7 @@ func New(cfg Config, members []Member) (*Fleet, error) {
 		}
 		name := m.Name
 		if name == "" {
-			name = DefaultName(m.Pool.URL())
+			name = defaultName(m.Pool.URL())
 		}
 		if m.Weight < 0 {
 			return nil, fmt.Errorf("upstreams[%d] (%s).weight: must be positive, got %d", i, name, m.Weight)
@@ -131,8 +131,8 @@ func New(cfg Config, members []Member) (*Fleet, error) {
 	return f, nil
 }
 
-// DefaultName is a backend's name when none is configured: its host:port.
-func DefaultName(rawURL string) string {
+// defaultName is a backend's name when none is configured: its host:port.
+func defaultName(rawURL string) string {
 	u, err := url.Parse(rawURL)
 	if err != nil || u.Host == "" {
 		return rawURL
@@ -173,14 +173,6 @@ func (b *Backend) Bit() uint64 { return 1 << uint(b.index) }
 
 // Outstanding is the number of requests sent to b and not yet finished.
 func (b *Backend) Outstanding() int64 { return b.outstanding.Load() }
-
-// OutstandingFor is the number of outstanding requests for one model.
-func (b *Backend) OutstandingFor(model string) int64 {
-	if c := b.counter(NormalizeModel(model), false); c != nil {
-		return c.Load()
-	}
-	return 0
-}
 
 // counter returns the outstanding counter of a normalised model name,
 // creating it when create is set (the shared overflow counter past
