@@ -248,43 +248,10 @@ func cataloguesKnown(f *fleet.Fleet) bool {
 	return true
 }
 
-// fleetNginxConf is nginx round robin over the fakes (nginx's default
-// balancing and failover: proxy_next_upstream error timeout, a server
-// that fails once is left out for 10 s), streaming as in nginxConf. The
-// fake, like Ollama on loopback, accepts only a local Host.
-const fleetNginxConf = `worker_processes 1;
-daemon off;
-pid %[1]s/nginx.pid;
-error_log %[1]s/nginx-error.log warn;
-worker_rlimit_nofile 10000;
-events { worker_connections 8192; }
-http {
-    access_log %[1]s/nginx-access.log;
-    client_body_temp_path %[1]s/client_body;
-    proxy_temp_path %[1]s/proxy;
-    fastcgi_temp_path %[1]s/fastcgi;
-    uwsgi_temp_path %[1]s/uwsgi;
-    scgi_temp_path %[1]s/scgi;
-    keepalive_requests 1000000;
-    upstream ollama {
-%[2]s        keepalive 512;
-        keepalive_requests 1000000;
-    }
-    server {
-        listen %[3]s backlog=4096;
-        location / {
-            proxy_pass http://ollama;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host 127.0.0.1;
-            proxy_buffering off;
-            proxy_read_timeout 60s;
-        }
-    }
-}
-`
-
-// startFleetNginx runs nginx in front of the fakes with fleetNginxConf.
+// startFleetNginx runs nginx round robin over the fakes with nginxConf:
+// nginx's default balancing and failover (proxy_next_upstream error
+// timeout; a server that fails once is left out for 10 s). The fakes, like
+// Ollama on loopback, accept only a local Host.
 func startFleetNginx(cfg fleetServeConfig, dir string) (addr string, pid int, stop func(), err error) {
 	if len(cfg.Upstreams) == 0 {
 		return "", 0, nil, errors.New("no upstream")
@@ -300,6 +267,6 @@ func startFleetNginx(cfg fleetServeConfig, dir string) (addr string, pid int, st
 	for _, up := range cfg.Upstreams {
 		fmt.Fprintf(&servers, "        server %s;\n", up)
 	}
-	pid, stop, err = runNginx(ndir, fmt.Sprintf(fleetNginxConf, ndir, servers.String(), addr), addr)
+	pid, stop, err = runNginx(ndir, fmt.Sprintf(nginxConf, ndir, servers.String(), addr, 10000, 8192, "127.0.0.1"), addr)
 	return addr, pid, stop, err
 }

@@ -141,6 +141,10 @@ func startBare(upstream string, maxConns int) (string, func(), error) {
 	return ln.Addr().String(), func() { _ = srv.Shutdown(); <-done }, nil
 }
 
+// nginxConf is the reference nginx's config: one worker, upstream
+// keep-alive, proxy_buffering off, an access log to a file. Arguments: the
+// directory, the upstream block's server lines, the listen address, the
+// open-file limit, worker_connections, and the Host sent upstream.
 const nginxConf = `worker_processes 1;
 daemon off;
 pid %[1]s/nginx.pid;
@@ -156,8 +160,7 @@ http {
     scgi_temp_path %[1]s/scgi;
     keepalive_requests 1000000;
     upstream ollama {
-        server %[2]s;
-        keepalive 512;
+%[2]s        keepalive 512;
         keepalive_requests 1000000;
     }
     server {
@@ -166,7 +169,7 @@ http {
             proxy_pass http://ollama;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-            proxy_set_header Host %[2]s;
+            proxy_set_header Host %[6]s;
             proxy_buffering off;
             proxy_read_timeout 60s;
         }
@@ -187,7 +190,7 @@ func startNginx(dir, upstream string, workerConns int) (addr string, pid int, st
 		return "", 0, nil, err
 	}
 	workerConns = max(workerConns, 8192) // a connection each to the client and to the upstream
-	pid, stop, err = runNginx(ndir, fmt.Sprintf(nginxConf, ndir, upstream, addr, workerConns+1000, workerConns), addr)
+	pid, stop, err = runNginx(ndir, fmt.Sprintf(nginxConf, ndir, "        server "+upstream+";\n", addr, workerConns+1000, workerConns, upstream), addr)
 	return addr, pid, stop, err
 }
 
