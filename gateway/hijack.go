@@ -18,10 +18,10 @@ import (
 // socket, and hands the connection back to the server when it ends. While
 // it runs, the stream holds no RequestCtx, no server write buffer and no
 // worker parked deep in fasthttp's serve loop: with thousands of slow
-// streams open, that was over a third of what a stream cost
-// (docs/BENCHMARKS.md). An HTTP/1.1 client gets chunks; an HTTP/1.0
-// client, which cannot read them, gets the frames as they are, the body
-// ended by closing the connection, as Ollama's own server does.
+// streams open, those would be over a third of what a stream costs
+// (`go run ./bench -cases scale`). An HTTP/1.1 client gets chunks; an
+// HTTP/1.0 client, which cannot read them, gets the frames as they are,
+// the body ended by closing the connection, as Ollama's own server does.
 func (g *Gateway) sendStream(ctx *fasthttp.RequestCtx, s *stream) {
 	h := &ctx.Response.Header
 	s.chunked = ctx.Request.Header.IsHTTP11()
@@ -108,18 +108,17 @@ const (
 // it is still shallow, to what the work ahead will take. Go copies a stack
 // to grow it and adjusts every frame on it, so a copy deep in the work
 // costs several times a shallow one: a paced stream's two copies cost
-// 27,400 instructions, 7,300 once both were shallow (callgrind).
+// 27,400 instructions deep and 7,300 shallow (callgrind).
 //
 // A stream's goroutine starts with a small stack. growStreamStack, called
-// first thing, gives it the 4 KiB the relay grew it to at its first wait
-// for a token, so memory per stream is unchanged: 245,800 -> 225,400
-// instructions per stream of 20 tokens paced 5 ms apart. growStack, when
-// the stream hands the connection back, makes room for serving the
-// client's next request: grown in the middle of that request, the stack
-// was some thirty frames deep (~17,000 instructions per stream). Only a
-// goroutine that serves a connection after its stream holds the bigger
-// stack (until the next stream takes the connection or it closes; the
-// collector halves a stack that stays mostly unused).
+// first thing, gives it the 4 KiB the relay would grow it to at its first
+// wait for a token, fifteen frames deep, so memory per stream is the same
+// and the copy is shallow. growStack, when the stream hands the connection
+// back, makes room for serving the client's next request, which would
+// otherwise grow the stack some thirty frames deep (~17,000 instructions
+// per stream). Only a goroutine that serves a connection after its stream
+// holds the bigger stack (until the next stream takes the connection or it
+// closes; the collector halves a stack that stays mostly unused).
 //
 // The index comes from the caller so that the compiler must keep the
 // frame: the frame is what grows the stack.

@@ -38,7 +38,7 @@ func TestMaxStreamBytes(t *testing.T) {
 // TestShedHoldsNoMemory is F-27's bound: with gateway.max_in_flight
 // reached, refused requests are answered at once and keep nothing, so the
 // gateway's memory is set by the watermark (each admitted stream costs
-// about 25 KiB, docs/BENCHMARKS.md scale), not by how many more arrive.
+// about 16 KiB, docs/BENCHMARKS.md scale), not by how many more arrive.
 func TestShedHoldsNoMemory(t *testing.T) {
 	const admitted, refused = 40, 400
 	e := startEnv(t, envOptions{fake: fakeTokens(3), gateway: gateway.Config{MaxInFlight: admitted}})

@@ -83,7 +83,7 @@ func (c *clientSock) Read(p []byte) (int, error) {
 // loop does, never to interrupt a read under way. That loop sets two
 // deadlines per keep-alive request: the idle wait's, then read_timeout's
 // once the first byte is in. Applied at once, each costs a runtime timer
-// update (two were ~4 % of the gateway's instructions on a small request,
+// update (two cost ~4 % of the gateway's instructions on a small request,
 // callgrind); recorded, the second is rarely applied at all, since the
 // request is usually read ahead whole.
 func (c *clientSock) SetReadDeadline(t time.Time) error {
