@@ -284,8 +284,8 @@ func quoteSafe[T string | []byte](dst []byte, s T) []byte {
 // appendMillis appends d in milliseconds with microsecond precision, as
 // zerolog writes ms(d) (strconv's shortest 'f' form: "12.34", "0.001", "3")
 // but for a tenth of the cost: three floats through strconv cost an eighth
-// of the access line's (callgrind). Event.RawJSON copies it, so one buffer serves every
-// field.
+// of the access line's (callgrind). Event.RawJSON copies it, so one buffer
+// serves every field.
 func appendMillis(dst []byte, d time.Duration) []byte {
 	us := d.Microseconds()
 	if us < 0 {
