@@ -21,9 +21,9 @@ func (x *exchange) clientGone() bool {
 	gone := false
 	// Control, not Read: RawConn.Read fails before calling its function
 	// once the socket's read deadline has passed, and fasthttp armed
-	// read_timeout for the request, which a model load outlasts; the check
-	// then went blind after read_timeout. The peek never waits, so it
-	// needs neither the poller nor the read lock.
+	// read_timeout for the request, which a model load outlasts: through
+	// Read the check would go blind after read_timeout. The peek never
+	// waits, so it needs neither the poller nor the read lock.
 	_ = rc.Control(func(fd uintptr) {
 		var b [1]byte
 		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
