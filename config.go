@@ -110,6 +110,11 @@ func defaults() map[string]any {
 		"gateway.trusted_proxies":        []string{},
 
 		"admin.listen":                 admin.DefaultListen,
+		"admin.pprof":                  false,
+		"admin.profile_dir":            "",
+		"admin.profile_interval":       admin.DefaultProfileInterval,
+		"admin.profile_seconds":        admin.DefaultProfileSeconds,
+		"admin.profile_keep":           admin.DefaultProfileKeep,
 		"upstream.url":                 pool.DefaultURL,
 		"upstream.default_model":       gateway.DefaultDefaultModel,
 		"upstream.connect_timeout":     pool.DefaultConnectTimeout,

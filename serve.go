@@ -233,10 +233,12 @@ func (a *app) run(sigs, hup <-chan os.Signal) int {
 	started.Array("backends", backends).Bool("tracing", a.tracer != nil).Str("version", version).Msg("vega-gateway started")
 
 	// The fleet runs every backend's health prober (and, with several, its
-	// catalogue refresher) until stopHealth; Run returns once they have.
+	// catalogue refresher), and the admin server its periodic profiles,
+	// until stopHealth; each returns once stopped.
 	healthCtx, stopHealth := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(4)
+	go func() { defer wg.Done(); a.admin.RunProfiles(healthCtx) }()
 	go func() {
 		defer wg.Done()
 		several := a.fleet.Len() > 1
