@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"encoding/json"
 	"time"
 
@@ -17,7 +18,7 @@ import (
 
 // Spans: with a tracer set, every request has a server span (started with
 // the exchange, ended by finish), and each upstream attempt a client span
-// under it with a "pool wait" span for its queue wait. Everything here runs
+// under it, with a "pool wait" span when it queued for a connection. Everything here runs
 // only when x.span is set, so with tracing off the request path neither
 // calls the SDK nor allocates for it. Attributes are metadata only: never
 // a prompt, a message or a completion.
@@ -74,17 +75,44 @@ func (x *exchange) startSpan() {
 }
 
 // traceOptions records the request options of an inference body in the
-// server span. The body is decoded only for a span that records, and only
-// into genOptions (the conversation is skipped, never kept).
+// server span, for a span that records. As modelOf, it looks the keys up
+// rather than decode the body (a chat history may be hundreds of KiB) and
+// decodes only the values found, so it serves telemetry, never a decision.
 func (x *exchange) traceOptions(body []byte) {
 	if x.span == nil || !x.span.IsRecording() || genOperation[x.route.name].Key == "" {
 		return
 	}
-	var o genOptions
-	if json.Unmarshal(body, &o) != nil {
+	o := &x.genOpts
+	decodeAfterKey(body, keyOptions, &o.Options)
+	decodeAfterKey(body, keyTemperature, &o.Temperature)
+	decodeAfterKey(body, keyMaxTokens, &o.MaxTokens)
+	decodeAfterKey(body, keySeed, &o.Seed)
+}
+
+var (
+	keyOptions     = []byte(`"options"`)
+	keyTemperature = []byte(`"temperature"`)
+	keyMaxTokens   = []byte(`"max_tokens"`)
+	keySeed        = []byte(`"seed"`)
+)
+
+// decodeAfterKey decodes into v the JSON value after the first `"key":` of
+// body, leaving v alone if there is none or it does not decode. In valid
+// JSON a quoted key followed by a colon is an object key: inside a string
+// its quotes would be escaped.
+func decodeAfterKey[T any](body, key []byte, v *T) {
+	i := bytes.Index(body, key)
+	if i < 0 {
 		return
 	}
-	x.genOpts = o
+	rest := bytes.TrimLeft(body[i+len(key):], " \t\r\n")
+	if len(rest) == 0 || rest[0] != ':' {
+		return
+	}
+	var got T
+	if json.NewDecoder(bytes.NewReader(rest[1:])).Decode(&got) == nil {
+		*v = got
+	}
 }
 
 // traceChatOptions records /chat's options (its upstream options, after
@@ -113,9 +141,11 @@ func (x *exchange) startAttempt(b *fleet.Backend, reason fleet.Reason, req *fast
 }
 
 // traceWait records the attempt's wait for a connection of b's pool as a
-// span from the attempt's start; err is the pool's refusal, if any.
+// span from the attempt's start; err is the pool's refusal, if any. An
+// attempt that found a free connection at once has none: a span of zero
+// length would cost as much as the others and say nothing.
 func (x *exchange) traceWait(b *fleet.Backend, waited time.Duration, err error) {
-	if x.attempt == nil || !x.attempt.IsRecording() {
+	if x.attempt == nil || !x.attempt.IsRecording() || (waited == 0 && err == nil) {
 		return
 	}
 	s := x.g.tracer.StartChild(x.attempt, "pool wait", oteltrace.SpanKindInternal, x.attemptStart)
@@ -168,9 +198,12 @@ func (x *exchange) endSpans(dur time.Duration) {
 	x.span, x.attempt = nil, nil
 }
 
+// spanAttributes sets the server span's name and attributes, in one call
+// (each SetAttributes grows the span's list).
 func (x *exchange) spanAttributes(s oteltrace.Span) {
 	s.SetName(x.method + " " + x.route.name)
-	s.SetAttributes(
+	a := make([]attribute.KeyValue, 0, 24)
+	a = append(a,
 		semconv.HTTPRequestMethodKey.String(x.method),
 		semconv.HTTPRoute(x.route.name),
 		semconv.HTTPResponseStatusCode(x.status),
@@ -179,45 +212,50 @@ func (x *exchange) spanAttributes(s oteltrace.Span) {
 		attrQueueWaitMS.Float64(ms(x.queueWait)),
 	)
 	if x.attempts > 0 {
-		s.SetAttributes(attrAttempts.Int(x.attempts))
+		a = append(a, attrAttempts.Int(x.attempts))
 	}
 	if x.backend != nil {
-		s.SetAttributes(attrBackend.String(x.backend.Name), attrRouteReason.String(x.reason.String()))
+		a = append(a, attrBackend.String(x.backend.Name), attrRouteReason.String(x.reason.String()))
 	}
 	if x.status >= 500 {
-		s.SetAttributes(semconv.ErrorTypeKey.String(x.outcome))
+		a = append(a, semconv.ErrorTypeKey.String(x.outcome))
 		s.SetStatus(codes.Error, x.outcome)
 	}
-	op := genOperation[x.route.name]
-	if op.Key == "" {
-		return
+	if op := genOperation[x.route.name]; op.Key != "" {
+		a = x.genAIAttributes(append(a, op, semconv.GenAIProviderNameKey.String("ollama")))
 	}
-	s.SetAttributes(op, semconv.GenAIProviderNameKey.String("ollama"))
+	s.SetAttributes(a...)
+}
+
+// genAIAttributes appends the GenAI conventions' attributes that the
+// request and its answer gave values for.
+func (x *exchange) genAIAttributes(a []attribute.KeyValue) []attribute.KeyValue {
 	if x.model != "" {
-		s.SetAttributes(semconv.GenAIRequestModel(x.model))
+		a = append(a, semconv.GenAIRequestModel(x.model))
 	}
 	if x.respModel != "" {
-		s.SetAttributes(semconv.GenAIResponseModel(x.respModel))
+		a = append(a, semconv.GenAIResponseModel(x.respModel))
 	}
 	if x.doneReason != "" || x.promptTokens != 0 || x.completionTokens != 0 {
-		s.SetAttributes(semconv.GenAIUsageInputTokens(int(x.promptTokens)), semconv.GenAIUsageOutputTokens(int(x.completionTokens)))
+		a = append(a, semconv.GenAIUsageInputTokens(int(x.promptTokens)), semconv.GenAIUsageOutputTokens(int(x.completionTokens)))
 	}
 	if x.doneReason != "" {
-		s.SetAttributes(semconv.GenAIResponseFinishReasons(x.doneReason))
+		a = append(a, semconv.GenAIResponseFinishReasons(x.doneReason))
 	}
 	o := &x.genOpts
 	if v := firstSet(o.Options.Temperature, o.Temperature); v != nil {
-		s.SetAttributes(semconv.GenAIRequestTemperature(*v))
+		a = append(a, semconv.GenAIRequestTemperature(*v))
 	}
 	if v := firstSet(o.Options.NumPredict, o.MaxTokens); v != nil {
-		s.SetAttributes(semconv.GenAIRequestMaxTokens(int(*v)))
+		a = append(a, semconv.GenAIRequestMaxTokens(int(*v)))
 	}
 	if v := firstSet(o.Options.Seed, o.Seed); v != nil {
-		s.SetAttributes(semconv.GenAIRequestSeed(int(*v)))
+		a = append(a, semconv.GenAIRequestSeed(int(*v)))
 	}
 	if x.streamed && x.ttft > 0 {
-		s.SetAttributes(attrTimeToFirstChunk.Float64(x.ttft.Seconds()))
+		a = append(a, attrTimeToFirstChunk.Float64(x.ttft.Seconds()))
 	}
+	return a
 }
 
 // firstSet returns the first non-nil of vs.

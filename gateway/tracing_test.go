@@ -2,7 +2,9 @@ package gateway_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -13,8 +15,10 @@ import (
 	"github.com/ollama/ollama/api"
 
 	"github.com/vega-gateway/vega-gateway/fleet"
+	"github.com/vega-gateway/vega-gateway/ollamatest"
 	"github.com/vega-gateway/vega-gateway/otelx"
 	"github.com/vega-gateway/vega-gateway/otelx/otlptest"
+	"github.com/vega-gateway/vega-gateway/pool"
 )
 
 // newTestTracer exports to rcv's URL, ignoring the process's OTEL_*
@@ -62,7 +66,11 @@ func TestTraceOfAStreamedChat(t *testing.T) {
 	rcv := otlptest.NewReceiver()
 	defer rcv.Close()
 	tr := newTestTracer(t, rcv.URL())
-	e := startEnv(t, envOptions{tracer: tr})
+	// One upstream connection, held by another stream when the traced
+	// request arrives: it queues, and its trace shows the wait.
+	e := startEnv(t, envOptions{tracer: tr, pool: pool.Config{MaxConnections: 1}, fake: ollamatest.Config{TokenDelay: 5 * time.Millisecond}})
+	blocker, blockerBody := e.openStream(t, "/api/chat", chatBody("llama3.2", "hold the connection", true))
+	defer blocker.Body.Close()
 
 	const clientTrace, clientSpan = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 	base, _ := url.Parse(e.url)
@@ -72,17 +80,30 @@ func TestTraceOfAStreamedChat(t *testing.T) {
 	stream := true
 	var final api.ChatResponse
 	frames := 0
-	err := client.Chat(context.Background(), &api.ChatRequest{
-		Model: "llama3.2", Stream: &stream,
-		Messages: []api.Message{{Role: "user", Content: secretPrompt}},
-		Options:  map[string]any{"temperature": 0.25, "seed": 42, "num_predict": 64},
-	}, func(r api.ChatResponse) error {
-		frames++
-		if r.Done {
-			final = r
-		}
-		return nil
-	})
+	chatDone := make(chan error, 1)
+	go func() {
+		chatDone <- client.Chat(context.Background(), &api.ChatRequest{
+			Model: "llama3.2", Stream: &stream,
+			Messages: []api.Message{{Role: "user", Content: secretPrompt}},
+			Options:  map[string]any{"temperature": 0.25, "seed": 42, "num_predict": 64},
+		}, func(r api.ChatResponse) error {
+			frames++
+			if r.Done {
+				final = r
+			}
+			return nil
+		})
+	}()
+	waitFor(t, 5*time.Second, "the traced request queued", func() bool { return e.pool.Snapshot().RequestsWaiting == 1 })
+	if _, err := io.Copy(io.Discard, blockerBody); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	select {
+	case err = <-chatDone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the traced chat did not finish")
+	}
 	if err != nil || !final.Done || frames < 2 {
 		t.Fatalf("chat: err %v, %d frames, final %+v", err, frames, final)
 	}
@@ -100,9 +121,10 @@ func TestTraceOfAStreamedChat(t *testing.T) {
 		t.Fatalf("spans by name: %v", byName)
 	}
 	s, a, w := server[0], attempt[0], wait[0]
-	t.Logf("server span %+v", s)
-	t.Logf("attempt span %+v", a)
-	t.Logf("pool wait span %+v", w)
+	for _, sp := range []otlptest.Span{s, a, w} { // go test -v prints the trace as received
+		b, _ := json.MarshalIndent(sp, "", "  ")
+		t.Logf("%s", b)
+	}
 
 	// Links: the client's span → server → attempt → pool wait.
 	for _, c := range []struct {
@@ -157,8 +179,11 @@ func TestTraceOfAStreamedChat(t *testing.T) {
 	if ttfc, _ := s.Attrs["gen_ai.response.time_to_first_chunk"].(float64); ttfc <= 0 || ttfc > s.End.Sub(s.Start).Seconds() {
 		t.Errorf("time_to_first_chunk %v: want within the span's %s", s.Attrs["gen_ai.response.time_to_first_chunk"], s.End.Sub(s.Start))
 	}
-	if _, ok := s.Attrs["vega.queue_wait_ms"].(float64); !ok {
-		t.Errorf("server span has no vega.queue_wait_ms: %v", s.Attrs)
+	if qw, _ := s.Attrs["vega.queue_wait_ms"].(float64); qw <= 0 || w.Attrs["vega.queue_wait_ms"] != qw {
+		t.Errorf("queue wait %v on the server span, %v on the pool wait span: want the same, above 0", s.Attrs["vega.queue_wait_ms"], w.Attrs["vega.queue_wait_ms"])
+	}
+	if got, want := w.End.Sub(w.Start).Seconds()*1000, s.Attrs["vega.queue_wait_ms"].(float64); got < want-0.01 || got > want+0.01 {
+		t.Errorf("pool wait span lasts %.3f ms, want vega.queue_wait_ms %.3f", got, want)
 	}
 	if s.StatusCode == "ERROR" || a.StatusCode == "ERROR" {
 		t.Errorf("statuses %s / %s, want no error", s.StatusCode, a.StatusCode)
@@ -213,9 +238,9 @@ func TestTraceUnsampledClientIsNotExportedButPropagated(t *testing.T) {
 		t.Fatalf("statuses %d, %d", st, st2)
 	}
 	_ = tr.ForceFlush(context.Background())
-	spans, ok := rcv.WaitFor(5*time.Second, func(s []otlptest.Span) bool { return len(spansOf(s, strings.Repeat("1", 32))) == 3 })
+	spans, ok := rcv.WaitFor(5*time.Second, func(s []otlptest.Span) bool { return len(spansOf(s, strings.Repeat("1", 32))) == 2 })
 	if !ok || len(spansOf(spans, unsampled)) != 0 {
-		t.Fatalf("spans %v: want the sampled trace's three and none of the unsampled", spans)
+		t.Fatalf("spans %v: want the sampled trace's two (server, attempt) and none of the unsampled", spans)
 	}
 	var tp string
 	for _, r := range e.fake.Requests() {
