@@ -3,6 +3,8 @@ package gateway
 import (
 	"bytes"
 	"encoding/json"
+	"net/url"
+	"strconv"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -133,8 +135,11 @@ func (x *exchange) startAttempt(b *fleet.Backend, reason fleet.Reason, req *fast
 	x.attemptStart = time.Now()
 	x.attempt = x.g.tracer.StartChild(x.span, "upstream "+b.Name, oteltrace.SpanKindClient, x.attemptStart)
 	if x.attempt.IsRecording() {
-		x.attempt.SetAttributes(attrBackend.String(b.Name), attrRouteReason.String(reason.String()),
-			attrAttempt.Int(x.attempts), semconv.ServerAddress(b.Pool.URL()))
+		x.attempt.SetAttributes(attrBackend.String(b.Name), attrRouteReason.String(reason.String()), attrAttempt.Int(x.attempts))
+		if u, err := url.Parse(b.Pool.URL()); err == nil {
+			port, _ := strconv.Atoi(u.Port())
+			x.attempt.SetAttributes(semconv.ServerAddress(u.Hostname()), semconv.ServerPort(port))
+		}
 	}
 	x.traceparent = otelx.AppendTraceparent(x.traceparent[:0], x.attempt.SpanContext())
 	req.Header.SetBytesV(trace.HeaderTraceparent, x.traceparent)
