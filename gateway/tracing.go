@@ -3,8 +3,9 @@ package gateway
 import (
 	"bytes"
 	"encoding/json"
-	"net/url"
+	"net"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -136,9 +137,13 @@ func (x *exchange) startAttempt(b *fleet.Backend, reason fleet.Reason, req *fast
 	x.attempt = x.g.tracer.StartChild(x.span, "upstream "+b.Name, oteltrace.SpanKindClient, x.attemptStart)
 	if x.attempt.IsRecording() {
 		x.attempt.SetAttributes(attrBackend.String(b.Name), attrRouteReason.String(reason.String()), attrAttempt.Int(x.attempts))
-		if u, err := url.Parse(b.Pool.URL()); err == nil {
-			port, _ := strconv.Atoi(u.Port())
-			x.attempt.SetAttributes(semconv.ServerAddress(u.Hostname()), semconv.ServerPort(port))
+		// The pool's URL is a validated base URL: scheme://host[:port].
+		_, hostPort, _ := strings.Cut(b.Pool.URL(), "://")
+		if host, port, err := net.SplitHostPort(hostPort); err == nil {
+			n, _ := strconv.Atoi(port)
+			x.attempt.SetAttributes(semconv.ServerAddress(host), semconv.ServerPort(n))
+		} else {
+			x.attempt.SetAttributes(semconv.ServerAddress(hostPort))
 		}
 	}
 	x.traceparent = otelx.AppendTraceparent(x.traceparent[:0], x.attempt.SpanContext())
