@@ -1,10 +1,13 @@
 package main
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/vega-gateway/vega-gateway/otelx/otlptest"
 )
 
 func TestOtelConfig(t *testing.T) {
@@ -51,4 +54,41 @@ func TestOtelConfig(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The binary exports spans when configured, says so at start, flushes them
+// at exit, and serves /debug/pprof with admin.pprof.
+func TestServeExportsTracesAndServesPprof(t *testing.T) {
+	rcv := otlptest.NewReceiver()
+	defer rcv.Close()
+	p := startProcess(t, []string{"serve", "--demo"}, "VEGA_OTEL_ENDPOINT="+rcv.URL(), "VEGA_ADMIN_PPROF=true")
+	st, _, body := post(t, "http://"+p.data+"/api/chat", `{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"stream":false}`,
+		map[string]string{"X-Correlation-ID": "main-traced"})
+	if st != 200 {
+		t.Fatalf("chat: %d %s", st, body)
+	}
+	if st, _, body := get(t, "http://"+p.admin+"/debug/pprof/heap?debug=1", nil); st != 200 || !strings.Contains(string(body), "heap profile") {
+		t.Fatalf("pprof heap: %d %.100s", st, body)
+	}
+	p.stop(t) // before the batch timeout: only the flush at exit can have sent the spans
+	var traceID string
+	for _, l := range strings.Split(p.stdout.String(), "\n") {
+		if strings.Contains(l, `"message":"vega-gateway started"`) && !strings.Contains(l, `"tracing":true`) {
+			t.Errorf("start line does not say tracing is on: %s", l)
+		}
+		if strings.Contains(l, `"message":"request"`) && strings.Contains(l, `"correlation_id":"main-traced"`) {
+			var m map[string]any
+			if err := json.Unmarshal([]byte(l), &m); err != nil {
+				t.Fatal(err)
+			}
+			traceID, _ = m["trace_id"].(string)
+		}
+	}
+	spans := rcv.Spans()
+	for _, s := range spans {
+		if s.Kind == "SERVER" && s.TraceID == traceID && s.Attrs["vega.correlation_id"] == "main-traced" {
+			return
+		}
+	}
+	t.Fatalf("no server span of trace %q among %d received; output:\n%s", traceID, len(spans), p.stdout.String())
 }
