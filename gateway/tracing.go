@@ -21,10 +21,10 @@ import (
 
 // Spans: with a tracer set, every request has a server span (started with
 // the exchange, ended by finish), and each upstream attempt a client span
-// under it, with a "pool wait" span when it queued for a connection. Everything here runs
-// only when x.span is set, so with tracing off the request path neither
-// calls the SDK nor allocates for it. Attributes are metadata only: never
-// a prompt, a message or a completion.
+// under it, with a "pool wait" span when it queued for a connection.
+// Everything here runs only when x.span is set, so with tracing off the
+// request path neither calls the SDK nor allocates for it. Attributes are
+// metadata only: never a prompt, a message or a completion.
 
 // SetTracer exports a span per request through t (nil: tracing off).
 // Call it before Serve.
