@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ollama/ollama/api"
+	"github.com/rs/zerolog"
 
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
@@ -29,6 +30,7 @@ func newTestTracer(t *testing.T, endpoint string) *otelx.Tracer {
 	if err != nil || tr == nil {
 		t.Fatalf("otelx.New: %v, %v", tr, err)
 	}
+	otelx.LogErrors(zerolog.Nop()) // a test's collector may be gone before the SDK's last export
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
