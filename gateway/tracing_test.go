@@ -341,3 +341,57 @@ func TestTraceSilentCollectorDoesNotFailRequests(t *testing.T) {
 		e.wantOutcome(t, id, "ok")
 	}
 }
+
+func TestTraceGenAIAttributesByRoute(t *testing.T) {
+	rcv := otlptest.NewReceiver()
+	defer rcv.Close()
+	tr := newTestTracer(t, rcv.URL())
+	e := startEnv(t, envOptions{tracer: tr})
+	for _, tt := range []struct {
+		route, body string
+		want        map[string]any
+	}{
+		{"/v1/chat/completions", `{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"max_tokens":32,"temperature":0.5,"seed":3}`,
+			map[string]any{"gen_ai.operation.name": "chat", "gen_ai.request.max_tokens": int64(32), "gen_ai.request.temperature": 0.5,
+				"gen_ai.request.seed": int64(3), "gen_ai.request.model": "llama3.2", "gen_ai.response.model": "llama3.2"}},
+		{"/api/generate", `{"model":"llama3.2","prompt":"hi","stream":true,"options":{"num_predict":5}}`,
+			map[string]any{"gen_ai.operation.name": "text_completion", "gen_ai.request.max_tokens": int64(5), "gen_ai.response.model": "llama3.2"}},
+		{"/api/embed", `{"model":"llama3.2","input":"hi"}`,
+			map[string]any{"gen_ai.operation.name": "embeddings", "gen_ai.request.model": "llama3.2"}},
+		{"/api/tags", ``, map[string]any{"gen_ai.operation.name": nil, "http.route": "/api/tags"}},
+	} {
+		t.Run(tt.route, func(t *testing.T) {
+			method := "POST"
+			if tt.body == "" {
+				method = "GET"
+			}
+			id := "route" + strings.ReplaceAll(tt.route, "/", "-")
+			st, _, body := e.do(method, tt.route, tt.body, map[string]string{"X-Correlation-ID": id})
+			if st != 200 {
+				t.Fatalf("%s: %d %s", tt.route, st, body)
+			}
+			_ = tr.ForceFlush(context.Background())
+			spans, ok := rcv.WaitFor(5*time.Second, func(s []otlptest.Span) bool {
+				for _, sp := range s {
+					if sp.Attrs["vega.correlation_id"] == id {
+						return true
+					}
+				}
+				return false
+			})
+			if !ok {
+				t.Fatal("no server span")
+			}
+			for _, sp := range spans {
+				if sp.Attrs["vega.correlation_id"] != id {
+					continue
+				}
+				for k, v := range tt.want {
+					if got := sp.Attrs[k]; fmt.Sprint(got) != fmt.Sprint(v) {
+						t.Errorf("%s = %v, want %v", k, got, v)
+					}
+				}
+			}
+		})
+	}
+}
