@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"reflect"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/metrics"
+	"github.com/vega-gateway/vega-gateway/otelx"
 	"github.com/vega-gateway/vega-gateway/pool"
 )
 
@@ -75,6 +77,7 @@ type config struct {
 	Chat      gateway.ChatConfig `mapstructure:"chat"`
 	Log       logConfig          `mapstructure:"log"`
 	Metrics   metrics.Config     `mapstructure:"metrics"`
+	Otel      otelx.Config       `mapstructure:"otel"`
 }
 
 // defaults lists every key with its default. Each default comes from the
@@ -107,6 +110,11 @@ func defaults() map[string]any {
 		"gateway.trusted_proxies":        []string{},
 
 		"admin.listen":                 admin.DefaultListen,
+		"admin.pprof":                  false,
+		"admin.profile_dir":            "",
+		"admin.profile_interval":       admin.DefaultProfileInterval,
+		"admin.profile_seconds":        admin.DefaultProfileSeconds,
+		"admin.profile_keep":           admin.DefaultProfileKeep,
 		"upstream.url":                 pool.DefaultURL,
 		"upstream.default_model":       gateway.DefaultDefaultModel,
 		"upstream.connect_timeout":     pool.DefaultConnectTimeout,
@@ -150,6 +158,10 @@ func defaults() map[string]any {
 		"metrics.models":               []string{},
 		"metrics.max_models":           metrics.DefaultMaxModels,
 		"metrics.cold_load_threshold":  metrics.DefaultColdLoadThreshold,
+		"otel.endpoint":                "",
+		"otel.headers":                 map[string]string{},
+		"otel.sample_ratio":            otelx.DefaultSampleRatio,
+		"otel.service_name":            otelx.DefaultServiceName,
 	}
 }
 
@@ -207,6 +219,7 @@ func loadConfig(path string, overrides map[string]any, environ []string) (config
 		stringToKeyList(),
 		jsonToScopedKeys(),
 		stringToUpstreams(),
+		stringToHeaders(),
 	)))
 	if err != nil {
 		return config{}, redact(err)
@@ -230,6 +243,9 @@ func envKey(name string, known map[string]any) string {
 func checkKnownKeys(keys []string) error {
 	known := defaults()
 	for _, k := range keys {
+		if strings.HasPrefix(k, "otel.headers.") {
+			continue // a map: its keys are header names
+		}
 		if _, ok := known[k]; !ok {
 			return fmt.Errorf("unknown key %q", k)
 		}
@@ -303,12 +319,42 @@ func stringToUpstreams() mapstructure.DecodeHookFuncType {
 	}
 }
 
+// stringToHeaders decodes VEGA_OTEL_HEADERS in the format of
+// OTEL_EXPORTER_OTLP_HEADERS: comma-separated name=value pairs, values
+// URL-encoded.
+func stringToHeaders() mapstructure.DecodeHookFuncType {
+	return func(from, to reflect.Type, data any) (any, error) {
+		if from.Kind() != reflect.String || to != reflect.TypeFor[map[string]string]() {
+			return data, nil
+		}
+		out := map[string]string{}
+		for part := range strings.SplitSeq(data.(string), ",") {
+			if strings.TrimSpace(part) == "" {
+				continue
+			}
+			name, val, ok := strings.Cut(part, "=")
+			if !ok {
+				return nil, errors.New("otel.headers: want name=value pairs separated by commas")
+			}
+			v, err := url.QueryUnescape(strings.TrimSpace(val))
+			if err != nil {
+				return nil, errors.New("otel.headers: a value is not URL-encoded")
+			}
+			out[strings.TrimSpace(name)] = v
+		}
+		return out, nil
+	}
+}
+
 // redact drops values from decode errors: a mistyped key list must not
 // print the keys.
 func redact(err error) error {
 	msg := err.Error()
 	if strings.Contains(msg, "auth.") {
 		return errors.New("config: auth.api_keys / auth.admin_api_keys must be lists of strings, auth.keys a list of {name, key or sha256, scopes, max_concurrent, requests_per_minute}")
+	}
+	if strings.Contains(msg, "otel.headers") {
+		return errors.New("config: otel.headers must be a map of header names to values (VEGA_OTEL_HEADERS: name=value pairs separated by commas)")
 	}
 	return fmt.Errorf("config: %w", err)
 }
@@ -353,6 +399,9 @@ func (c config) validate() error {
 	}
 	if c.Pool.MaxConnections <= 0 {
 		return fmt.Errorf("pool.max_connections: must be positive, got %d", c.Pool.MaxConnections)
+	}
+	if err := c.Otel.Validate(); err != nil {
+		return err
 	}
 	if c.Pool.MaxWait <= 0 {
 		return fmt.Errorf("pool.max_wait: must be positive, got %s", c.Pool.MaxWait)

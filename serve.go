@@ -21,6 +21,7 @@ import (
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
+	"github.com/vega-gateway/vega-gateway/otelx"
 	"github.com/vega-gateway/vega-gateway/pool"
 )
 
@@ -128,6 +129,7 @@ type app struct {
 	fleet   *fleet.Fleet
 	pools   []*pool.Pool
 	gw      *gateway.Gateway
+	tracer  *otelx.Tracer
 	admin   *admin.Server
 	gwLn    net.Listener
 	adminLn net.Listener
@@ -180,6 +182,16 @@ func newApp(cfg config, log zerolog.Logger, sink *logSink) (*app, error) {
 		a.gwLn.Close()
 		return nil, fmt.Errorf("admin.listen: %w", err)
 	}
+	// Last, so that no error above leaves its exporter goroutine running.
+	if a.tracer, err = otelx.New(cfg.Otel, os.Getenv); err != nil {
+		a.gwLn.Close()
+		a.adminLn.Close()
+		return nil, err
+	}
+	if a.tracer != nil {
+		otelx.LogErrors(log)
+		gw.SetTracer(a.tracer)
+	}
 	return a, nil
 }
 
@@ -218,13 +230,15 @@ func (a *app) run(sigs, hup <-chan os.Signal) int {
 	} else {
 		started.Str("routing_policy", a.fleet.Config().Policy)
 	}
-	started.Array("backends", backends).Str("version", version).Msg("vega-gateway started")
+	started.Array("backends", backends).Bool("tracing", a.tracer != nil).Str("version", version).Msg("vega-gateway started")
 
 	// The fleet runs every backend's health prober (and, with several, its
-	// catalogue refresher) until stopHealth; Run returns once they have.
+	// catalogue refresher), and the admin server its periodic profiles,
+	// until stopHealth; each returns once stopped.
 	healthCtx, stopHealth := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(4)
+	go func() { defer wg.Done(); a.admin.RunProfiles(healthCtx) }()
 	go func() {
 		defer wg.Done()
 		several := a.fleet.Len() > 1
@@ -275,6 +289,13 @@ wait:
 		adminCtx, cancel2 := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel2()
 		_ = a.admin.Shutdown(adminCtx)
+		// The spans of the requests just drained go out, within a bound:
+		// an absent collector must not hold the exit.
+		traceCtx, cancel3 := context.WithTimeout(context.Background(), otelx.ExportTimeout)
+		defer cancel3()
+		if err := a.tracer.Shutdown(traceCtx); err != nil {
+			log.Warn().Err(err).Msg("trace export at shutdown")
+		}
 		stopHealth()
 		close(done)
 	}()

@@ -23,6 +23,22 @@ type Config struct {
 	// Listen is the admin listener's address. Default DefaultListen. A
 	// non-loopback address requires admin keys (main enforces this).
 	Listen string `mapstructure:"listen"`
+	// Pprof serves net/http/pprof's /debug/pprof/* behind the admin key.
+	// Default false: those paths are 404. A CPU or trace profile costs the
+	// process while it runs; the heap and goroutine ones are snapshots.
+	Pprof bool `mapstructure:"pprof"`
+	// ProfileDir receives a CPU and a heap profile every ProfileInterval
+	// (cpu-<UTC time>.pprof, heap-<UTC time>.pprof). Default "": none.
+	ProfileDir string `mapstructure:"profile_dir"`
+	// ProfileInterval is the time between two rounds of profiles, the
+	// first one interval after start. Default DefaultProfileInterval (10m).
+	ProfileInterval time.Duration `mapstructure:"profile_interval"`
+	// ProfileSeconds is the length of each CPU profile, shorter than the
+	// interval. Default DefaultProfileSeconds (30).
+	ProfileSeconds int `mapstructure:"profile_seconds"`
+	// ProfileKeep is how many profiles of each kind are kept, the newest.
+	// Default DefaultProfileKeep (6).
+	ProfileKeep int `mapstructure:"profile_keep"`
 }
 
 // Sources are the functions the admin server reads what it shows from.
@@ -53,9 +69,12 @@ type Server struct {
 	log      zerolog.Logger
 	server   *fasthttp.Server
 	loopback bool
+	// profiler writes the periodic profiles (nil: off); RunProfiles runs it.
+	profiler *profiler
 }
 
-// New validates cfg and builds the server. It starts nothing.
+// New validates cfg and builds the server (and creates admin.profile_dir).
+// It starts nothing: Serve serves, RunProfiles writes the profiles.
 func New(cfg Config, src Sources, log zerolog.Logger) (*Server, error) {
 	if cfg.Listen == "" {
 		cfg.Listen = DefaultListen
@@ -63,7 +82,11 @@ func New(cfg Config, src Sources, log zerolog.Logger) (*Server, error) {
 	if (src.Pools == nil && src.Fleet == nil) || src.Ready == nil {
 		return nil, fmt.Errorf("admin: the Ready source and a Pools or Fleet source are required")
 	}
-	s := &Server{cfg: cfg, src: src, log: log, loopback: IsLoopback(cfg.Listen)}
+	prof, err := newProfiler(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, src: src, log: log, loopback: IsLoopback(cfg.Listen), profiler: prof}
 	s.server = &fasthttp.Server{
 		Handler:               s.serve,
 		Name:                  "vega-gateway-admin",
@@ -130,6 +153,9 @@ func (s *Server) serve(ctx *fasthttp.RequestCtx) {
 	if !ctx.IsGet() && !ctx.IsHead() {
 		ctx.Response.Header.Set("Allow", "GET, HEAD")
 		writeJSONError(ctx, 405, "method_not_allowed", "use GET")
+		return
+	}
+	if s.servePprof(ctx, path) {
 		return
 	}
 	switch path {

@@ -34,7 +34,13 @@ func fakeSnapshot() pool.Snapshot {
 // port (listen decides only the Host check) and returns its base URL.
 func startAdmin(t *testing.T, listen string, src Sources) string {
 	t.Helper()
-	s, err := New(Config{Listen: listen}, src, zerolog.Nop())
+	return startAdminWith(t, Config{Listen: listen}, src)
+}
+
+// startAdminWith is startAdmin with the whole config.
+func startAdminWith(t *testing.T, cfg Config, src Sources) string {
+	t.Helper()
+	s, err := New(cfg, src, zerolog.Nop())
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

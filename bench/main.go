@@ -47,6 +47,7 @@ func main() {
 		pin         = flag.Bool("pin", true, "with taskset and 2+ CPUs: servers on CPU 0, load generator on CPU 1")
 		syscalls    = flag.Bool("syscalls", false, "add rows: each server's system calls per request (nonstream, chat) and per frame (stream200), counted with perf stat on the kernel's syscall tracepoints")
 		instr       = flag.Bool("instructions", false, "instead of the timed table: each proxy's user-space instructions per request, per stream and per frame, counted under valgrind's callgrind (steady to ±1 % where times move ±30 %)")
+		otelCost    = flag.Bool("otel", false, "add two columns: the gateway (log on) exporting every request's spans to an OTLP collector that answers, and to one that accepts connections and never answers; prints their req/s, p50 and p99 over the gateway's, per run")
 		instrReqs   = flag.Int("instructions-requests", 3000, "-instructions: non-stream requests counted (streams: a tenth as many of each length)")
 
 		fleetFl   = registerFleetFlags()
@@ -191,7 +192,7 @@ func main() {
 		*duration, *warmup, *runs, pinning, maxConns, *scaleN+100, *scaleN)
 	fmt.Printf("load average at start: %s\n\n", loadavg())
 
-	var tables []string
+	var tables, otelTables []string
 	for _, c := range selected {
 		// per target name, one result per run
 		res := map[string][]result{}
@@ -201,7 +202,7 @@ func main() {
 			if c.maxConns > 0 {
 				sf.maxConns = c.maxConns
 			}
-			st, err := spawnStack(sf, withNginx, *bare, serverCPU)
+			st, err := spawnStack(sf, withNginx, *bare, *otelCost, serverCPU)
 			if err != nil {
 				fmt.Fprintln(os.Stderr, "bench:", err)
 				os.Exit(1)
@@ -231,10 +232,21 @@ func main() {
 			st.close()
 		}
 		tables = append(tables, rows(c, names, res))
+		if *otelCost {
+			otelTables = append(otelTables, otelRows(c, res, nameGatewayLive, "live"), otelRows(c, res, nameGatewayOtel, "silent"))
+		}
 	}
-	fmt.Println(header(tablesNames(withNginx, *bare)))
+	fmt.Println(header(tablesNames(withNginx, *bare, *otelCost)))
 	for _, t := range tables {
 		fmt.Print(t)
+	}
+	if *otelCost {
+		fmt.Print("\nTracing cost: the gateway exporting every request's spans ÷ the gateway, same runs " +
+			"(median [min–max] over runs, then each run)\n\n")
+		fmt.Println(tableHeader([]string{"case", "metric", "collector"}, []string{"÷ gateway", "per run"}))
+		for _, t := range otelTables {
+			fmt.Print(t)
+		}
 	}
 	fmt.Printf("\nload average at end: %s\n", loadavg())
 	fmt.Println("\nCells: value, then (×ratio to direct) for throughput, (+added over direct) for latencies; ms unless stated. " +
@@ -248,12 +260,15 @@ func main() {
 	}
 }
 
-func tablesNames(withNginx, withBare bool) []string {
+func tablesNames(withNginx, withBare, withOtel bool) []string {
 	names := []string{"direct"}
 	if withNginx {
 		names = append(names, "nginx")
 	}
 	names = append(names, "gateway", "gateway (log off)")
+	if withOtel {
+		names = append(names, nameGatewayLive, nameGatewayOtel)
+	}
 	if withBare {
 		names = append(names, "fasthttp (bare)")
 	}
@@ -352,4 +367,44 @@ func cpuModel(r io.Reader) string {
 		}
 	}
 	return "unknown CPU"
+}
+
+// otelRows renders, for one case, an exporting gateway's (column name)
+// req/s, p50 and p99 (streams: TTFC p50 and p99) over the plain gateway's
+// of the same run: the median ratio, its range, and every run's.
+func otelRows(c benchCase, res map[string][]result, name, collector string) string {
+	base, traced := res["gateway"], res[name]
+	type ratio struct {
+		name string
+		get  func(result) float64
+	}
+	ratios := []ratio{
+		{"req/s", func(r result) float64 { return r.rps }},
+		{"p50", func(r result) float64 { return float64(r.p50) }},
+		{"p99", func(r result) float64 { return float64(r.p99) }},
+	}
+	if c.name != "nonstream" && c.name != "chat" {
+		ratios = []ratio{
+			{"TTFC p50", func(r result) float64 { return float64(r.ttfc50) }},
+			{"TTFC p99", func(r result) float64 { return float64(r.ttfc99) }},
+		}
+	}
+	var b strings.Builder
+	for _, m := range ratios {
+		var xs []float64
+		for i := range min(len(base), len(traced)) {
+			if d := m.get(base[i]); d > 0 {
+				xs = append(xs, m.get(traced[i])/d)
+			}
+		}
+		if len(xs) == 0 {
+			continue
+		}
+		runs := make([]string, len(xs))
+		for i, x := range xs {
+			runs[i] = fmt.Sprintf("%.3f", x)
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %.3f [%.3f–%.3f] | %s |\n", c.title, m.name, collector, median(xs), slices.Min(xs), slices.Max(xs), strings.Join(runs, ", "))
+	}
+	return b.String()
 }

@@ -39,6 +39,8 @@ const (
 	roleGateway      = "gateway"
 	roleGatewayNoLog = "gateway-nolog"
 	roleBare         = "fasthttp-bare"
+	roleGatewayOtel  = "gateway-otel"
+	roleGatewayLive  = "gateway-otel-live"
 )
 
 // serveFlags are the child's settings, passed on its command line.
@@ -84,7 +86,25 @@ func serve(f serveFlags) error {
 		if f.role == roleGatewayNoLog {
 			name = "gateway (log off)"
 		}
-		addr, stop, err = startGateway("http://"+f.upstream, f.role == roleGateway, f.dir, f.maxConns, f.maxQueue)
+		addr, stop, err = startGateway("http://"+f.upstream, f.role == roleGateway, f.dir, f.maxConns, f.maxQueue, "")
+	case roleGatewayOtel, roleGatewayLive:
+		name = nameGatewayOtel
+		start := startSilentCollector
+		if f.role == roleGatewayLive {
+			name, start = nameGatewayLive, startLiveCollector
+		}
+		var collector string
+		var stopCollector func()
+		if collector, stopCollector, err = start(); err != nil {
+			break
+		}
+		addr, stop, err = startGateway("http://"+f.upstream, true, f.dir, f.maxConns, f.maxQueue, collector)
+		if err != nil {
+			stopCollector()
+			break
+		}
+		stopGateway := stop
+		stop = func() { stopGateway(); stopCollector() }
 	case roleBare:
 		name = "fasthttp (bare)"
 		addr, stop, err = startBare(f.upstream, f.maxConns)
@@ -143,17 +163,28 @@ func raiseNofile(want uint64) error {
 	return nil
 }
 
+// The columns of the gateway exporting spans (-otel): to a collector that
+// never answers, and to one that does.
+const (
+	nameGatewayOtel = "gateway (otel, silent collector)"
+	nameGatewayLive = "gateway (otel, live collector)"
+)
+
 // spawnStack starts the fake's child, then one child per proxy in front of
-// it (nginx when withNginx, the gateway with its log on, with it off), all
-// pinned to cpu when cpu >= 0, and the bare fasthttp proxy when withBare.
-// Its targets are direct, then the proxies.
-func spawnStack(f serveFlags, withNginx, withBare bool, cpu int) (*stack, error) {
+// it (nginx when withNginx, the gateway with its log on, with it off, with
+// its log on and spans exported to a collector that answers and to one that
+// never does when withOtel), all pinned to cpu when cpu >= 0, and the bare fasthttp proxy
+// when withBare. Its targets are direct, then the proxies.
+func spawnStack(f serveFlags, withNginx, withBare, withOtel bool, cpu int) (*stack, error) {
 	st := &stack{}
 	roles := []string{roleFake}
 	if withNginx {
 		roles = append(roles, roleNginx)
 	}
 	roles = append(roles, roleGateway, roleGatewayNoLog)
+	if withOtel {
+		roles = append(roles, roleGatewayLive, roleGatewayOtel)
+	}
 	if withBare {
 		roles = append(roles, roleBare)
 	}

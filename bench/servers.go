@@ -19,6 +19,7 @@ import (
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/metrics"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
+	"github.com/vega-gateway/vega-gateway/otelx"
 	"github.com/vega-gateway/vega-gateway/pool"
 	"github.com/vega-gateway/vega-gateway/trace"
 )
@@ -65,8 +66,9 @@ func startFake(cfg ollamatest.Config) (*stack, error) {
 }
 
 // startGateway serves the gateway at its defaults, but for the pool bound
-// raised to maxConns, on a loopback port, with main's metrics observer.
-func startGateway(upstream string, logOn bool, dir string, maxConns, maxQueue int) (string, func(), error) {
+// raised to maxConns, on a loopback port, with main's metrics observer;
+// with otelEndpoint, every request's spans are exported there.
+func startGateway(upstream string, logOn bool, dir string, maxConns, maxQueue int, otelEndpoint string) (string, func(), error) {
 	p, err := pool.New(pool.UpstreamConfig{URL: upstream}, pool.Config{MaxConnections: maxConns, MaxQueue: maxQueue})
 	if err != nil {
 		return "", nil, err
@@ -95,6 +97,16 @@ func startGateway(upstream string, logOn bool, dir string, maxConns, maxQueue in
 	}
 	m.SetStreamsSource(gw.Streams)
 	gw.SetObserver(m.Observe)
+	var tracer *otelx.Tracer
+	if otelEndpoint != "" {
+		// As main wires it, sampling every request: the worst case.
+		if tracer, err = otelx.New(otelx.Config{Endpoint: otelEndpoint}, func(string) string { return "" }); err != nil {
+			closeLog()
+			return "", nil, err
+		}
+		gw.SetTracer(tracer)
+		otelx.LogErrors(log) // as main does: failed exports to the access log's logger, not stderr
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		closeLog()
@@ -108,9 +120,68 @@ func startGateway(upstream string, logOn bool, dir string, maxConns, maxQueue in
 		_ = gw.Shutdown(ctx)
 		p.Close()
 		<-done
+		tctx, tcancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer tcancel()
+		_ = tracer.Shutdown(tctx) // a silent collector: the spans queued are dropped
 		closeLog()
 	}
 	return ln.Addr().String(), stop, nil
+}
+
+// startLiveCollector is an OTLP/HTTP collector that reads each export and
+// answers 200 at once without decoding it: what a healthy collector costs
+// the exporter, for a baseline against the silent one.
+func startLiveCollector() (url string, stop func(), err error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+		ctx.SetContentType("application/x-protobuf") // an empty ExportTraceServiceResponse
+	}}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(ln) }()
+	stop = func() {
+		_ = srv.Shutdown()
+		<-done
+	}
+	return "http://" + ln.Addr().String(), stop, nil
+}
+
+// startSilentCollector listens on loopback, accepts connections and never
+// answers on them: a collector that is down but whose port takes
+// connections, the worst case for an exporter (each export waits out its
+// timeout). The accept goroutine holds the connections until stop.
+func startSilentCollector() (url string, stop func(), err error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	conns := make(chan net.Conn, 1024)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			select {
+			case conns <- c:
+			default:
+				c.Close()
+			}
+		}
+	}()
+	stop = func() {
+		ln.Close()
+		<-done
+		close(conns)
+		for c := range conns {
+			c.Close()
+		}
+	}
+	return "http://" + ln.Addr().String(), stop, nil
 }
 
 // startBare serves the smallest proxy fasthttp allows — the handler hands

@@ -15,6 +15,7 @@ import (
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
+	"github.com/vega-gateway/vega-gateway/otelx"
 	"github.com/vega-gateway/vega-gateway/pool"
 )
 
@@ -61,6 +62,12 @@ func startBenchFake(b *testing.B, cfg ollamatest.Config) *ollamatest.Server {
 // of fake, with the pool sized for the benchmark's concurrency.
 func startBenchGateway(b *testing.B, fake *ollamatest.Server, level zerolog.Level) benchTarget {
 	b.Helper()
+	return startBenchGatewayTraced(b, fake, level, nil)
+}
+
+// startBenchGatewayTraced is startBenchGateway exporting spans through tr.
+func startBenchGatewayTraced(b *testing.B, fake *ollamatest.Server, level zerolog.Level, tr *otelx.Tracer) benchTarget {
+	b.Helper()
 	p, err := pool.New(pool.UpstreamConfig{URL: fake.URL()}, pool.Config{MaxConnections: 256})
 	if err != nil {
 		b.Fatalf("pool.New: %v", err)
@@ -70,6 +77,7 @@ func startBenchGateway(b *testing.B, fake *ollamatest.Server, level zerolog.Leve
 	if err != nil {
 		b.Fatalf("gateway.New: %v", err)
 	}
+	gw.SetTracer(tr)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -143,6 +151,31 @@ func BenchmarkDirectNonStream(b *testing.B) {
 func BenchmarkProxyNonStream(b *testing.B) {
 	fake := startBenchFake(b, ollamatest.Config{})
 	benchNonStream(b, startBenchGateway(b, fake, zerolog.InfoLevel).addr)
+}
+
+// BenchmarkProxyNonStreamTraced is BenchmarkProxyNonStream with every
+// request's spans exported to a collector that takes connections and never
+// answers (spans pile up in the queue and are dropped): the difference is
+// what making the spans costs a request.
+func BenchmarkProxyNonStreamTraced(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close() // connections accepted by the kernel's backlog are never read
+	tr, err := otelx.New(otelx.Config{Endpoint: "http://" + ln.Addr().String()}, func(string) string { return "" })
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		b.StopTimer() // the queue is full of spans no one takes: drop them
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+		defer cancel()
+		_ = tr.Shutdown(ctx)
+	}()
+	otelx.LogErrors(zerolog.Nop()) // the failed exports are expected
+	fake := startBenchFake(b, ollamatest.Config{})
+	benchNonStream(b, startBenchGatewayTraced(b, fake, zerolog.InfoLevel, tr).addr)
 }
 
 // BenchmarkAccessLog is the cost of one access-log line: the same proxied

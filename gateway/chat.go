@@ -121,6 +121,9 @@ func readFinalChunk(x *exchange, frame []byte) {
 	}
 	var c ollamaChunk
 	scanFinalKeys(frame[d:], &c)
+	if x.span != nil && x.span.IsRecording() {
+		c.Model = modelOf(frame) // Ollama writes it first
+	}
 	if c.DoneReason == "" {
 		c.DoneReason = jsonString(frame[max(0, d-finalChunkLookBack):d], `"done_reason":"`)
 	}
@@ -279,6 +282,9 @@ func (x *exchange) noteFinal(c *ollamaChunk) {
 	if c.Model != "" && x.model == "" {
 		x.model = c.Model
 	}
+	if c.Model != "" {
+		x.respModel = c.Model
+	}
 }
 
 // openAIUsage is the part of an OpenAI completion (or usage chunk) the
@@ -300,6 +306,9 @@ func readOpenAIUsage(x *exchange, body []byte) {
 	var u openAIUsage
 	if json.Unmarshal(body, &u) != nil {
 		return
+	}
+	if u.Model != "" {
+		x.respModel = u.Model
 	}
 	if u.Usage != nil {
 		x.promptTokens, x.completionTokens = u.Usage.PromptTokens, u.Usage.CompletionTokens
@@ -334,6 +343,7 @@ func (g *Gateway) serveChat(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	}
 	up := g.chatUpstreamBody(cr)
 	x.model = up.Model
+	x.traceChatOptions(up.Options)
 	if g.allowed != nil && !g.allowed[normalizeModel(up.Model)] {
 		g.reject(ctx, x, errModelNotAllowed)
 		return false

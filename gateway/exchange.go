@@ -10,6 +10,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
+	oteltrace "go.opentelemetry.io/otel/trace"
 
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/pool"
@@ -71,6 +72,14 @@ type exchange struct {
 	loadDuration, evalDuration     time.Duration
 	// record is what the observer is told, kept here so it is not allocated.
 	record Record
+	// span is the request's server span and attempt the current upstream
+	// attempt's (tracing.go); nil when tracing is off. attemptStart is
+	// when the attempt began; respModel and genOpts are recorded only in
+	// a span.
+	span, attempt oteltrace.Span
+	attemptStart  time.Time
+	respModel     string
+	genOpts       genOptions
 }
 
 var exchangePool = sync.Pool{New: func() any {
@@ -139,6 +148,9 @@ func (g *Gateway) newExchange(ctx *fasthttp.RequestCtx) *exchange {
 	x.idReplaced = res.Replaced
 	x.trace.ParseTraceparent(traceparent)
 	x.traceparent = x.trace.AppendTraceparent(tp)
+	if g.tracer != nil {
+		x.startSpan()
+	}
 	x.method = methodString(ctx.Method())
 	x.bytesIn = len(ctx.Request.Header.RawHeaders()) + len(ctx.Request.Body())
 	// The response's header names are written as set, like the upstream's
@@ -237,6 +249,9 @@ func (x *exchange) finish() {
 			e.Str("done_reason", x.doneReason).Int64("prompt_tokens", x.promptTokens).Int64("completion_tokens", x.completionTokens)
 		}
 		e.Msg("request")
+	}
+	if x.span != nil {
+		x.endSpans(dur)
 	}
 	x.endTicket()
 	g.observe(x, dur)

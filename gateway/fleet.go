@@ -87,9 +87,12 @@ func (g *Gateway) send(x *exchange, t target, req *fasthttp.Request, resp *fasth
 		x.backend, x.up, x.reason = b, b.Pool, reason
 		t.Tried |= b.Bit()
 		more := x.attempts < maxAttempts
+		x.startAttempt(b, reason, req)
 		rel, waited, err := b.Pool.AcquireWhile(g.closing, x.goneFn)
 		x.queueWait += waited
+		x.traceWait(b, waited, err)
 		if err != nil {
+			x.endAttempt(upstreamError(err).outcome, 0)
 			if more && retryableAdmission(err) {
 				last = err
 				continue
@@ -109,6 +112,7 @@ func (g *Gateway) send(x *exchange, t target, req *fasthttp.Request, resp *fasth
 		retries, err := b.Pool.DoWhile(req, resp, x.goneFn)
 		x.retries += retries
 		if err != nil {
+			x.endAttempt(upstreamError(err).outcome, 0)
 			rel()
 			if errors.Is(err, pool.ErrClientGone) {
 				ticket.End(fleet.Neutral, 0)
@@ -122,6 +126,7 @@ func (g *Gateway) send(x *exchange, t target, req *fasthttp.Request, resp *fasth
 			return nil, err
 		}
 		if more {
+			st := resp.StatusCode()
 			if res := refusal(resp, t.NeedModel); res != fleet.Neutral {
 				// Refused before any work: the body is Ollama's short error,
 				// read whole so the connection goes back to the pool.
@@ -129,6 +134,7 @@ func (g *Gateway) send(x *exchange, t target, req *fasthttp.Request, resp *fasth
 				resp.Reset()
 				rel()
 				ticket.End(res, 0)
+				x.endAttempt(refusalOutcome(res), st)
 				switch res {
 				case fleet.Busy:
 					last = errAllBusy
@@ -143,6 +149,17 @@ func (g *Gateway) send(x *exchange, t target, req *fasthttp.Request, resp *fasth
 		x.ticket = ticket
 		return rel, nil
 	}
+}
+
+// refusalOutcome names an attempt's refusal in its span.
+func refusalOutcome(res fleet.Result) string {
+	switch res {
+	case fleet.Busy:
+		return "upstream_busy"
+	case fleet.NotInstalled:
+		return "model_not_installed"
+	}
+	return outcomeUpstreamReset
 }
 
 // retryableAdmission: the pool refused the request before sending it.

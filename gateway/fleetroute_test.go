@@ -16,6 +16,7 @@ import (
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
+	"github.com/vega-gateway/vega-gateway/otelx"
 	"github.com/vega-gateway/vega-gateway/pool"
 )
 
@@ -35,7 +36,8 @@ type routingOptions struct {
 	auth     gateway.AuthConfig
 	// noRun: no health probes or catalogue refresh (the catalogue stays
 	// unknown, the backends healthy, whatever happens to them).
-	noRun bool
+	noRun  bool
+	tracer *otelx.Tracer // nil: tracing off
 }
 
 func startRoutingEnv(t *testing.T, o routingOptions) *routingEnv {
@@ -76,6 +78,7 @@ func startRoutingEnv(t *testing.T, o routingOptions) *routingEnv {
 		t.Fatal(err)
 	}
 	e.gw = gw
+	gw.SetTracer(o.tracer)
 	ctx, stop := context.WithCancel(context.Background())
 	running := make(chan struct{})
 	if o.noRun {

@@ -13,6 +13,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/vega-gateway/vega-gateway/fleet"
+	"github.com/vega-gateway/vega-gateway/otelx"
 	"github.com/vega-gateway/vega-gateway/pool"
 )
 
@@ -30,6 +31,8 @@ type Gateway struct {
 	log      zerolog.Logger
 	server   *fasthttp.Server
 	observer func(*Record)
+	// tracer exports a span per request (tracing.go); nil: off.
+	tracer *otelx.Tracer
 	// draining is set at the start of Shutdown; new requests get 503.
 	draining atomic.Bool
 	closing  chan struct{}

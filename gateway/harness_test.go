@@ -17,6 +17,7 @@ import (
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
+	"github.com/vega-gateway/vega-gateway/otelx"
 	"github.com/vega-gateway/vega-gateway/pool"
 )
 
@@ -86,6 +87,7 @@ type envOptions struct {
 	noFake   bool   // point the upstream at upstreamURL instead
 	upURL    string // with noFake
 	level    zerolog.Level
+	tracer   *otelx.Tracer // nil: tracing off
 }
 
 func startEnv(t testing.TB, o envOptions) *env {
@@ -113,6 +115,7 @@ func startEnv(t testing.TB, o envOptions) *env {
 		t.Fatalf("gateway.New: %v", err)
 	}
 	e.gw = gw
+	gw.SetTracer(o.tracer)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -56,6 +56,7 @@ func hasMediaType(ct, mt []byte) bool {
 // response was handed to a stream that will finish the exchange.
 func (g *Gateway) proxy(ctx *fasthttp.RequestCtx, x *exchange, keyInAuthorization bool) bool {
 	x.model = modelOf(ctx.Request.Body())
+	x.traceOptions(ctx.Request.Body())
 	// Model allowlist, resource caps, registry allowlist (policy.go).
 	if e, ok := g.checkBody(ctx, x); !ok {
 		g.reject(ctx, x, e)

@@ -123,13 +123,15 @@ func FuzzCorrelationID(f *testing.F) {
 func TestParseTraceparent(t *testing.T) {
 	valid := "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 	c := ParseTraceparent([]byte(valid))
-	if c.Started || string(c.TraceID[:]) != "4bf92f3577b34da6a3ce929d0e0e4736" || string(c.ParentID[:]) == "00f067aa0ba902b7" || string(c.Flags[:]) != "01" {
+	if c.Started || string(c.TraceID[:]) != "4bf92f3577b34da6a3ce929d0e0e4736" || string(c.ParentID[:]) == "00f067aa0ba902b7" || string(c.Flags[:]) != "01" ||
+		string(c.ClientSpanID[:]) != "00f067aa0ba902b7" {
 		t.Fatalf("valid: %+v", c)
 	}
 	for _, bad := range []string{"", "garbage", "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
 		"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"} {
-		c := ParseTraceparent([]byte(bad))
-		if !c.Started || len(c.Traceparent()) != 55 {
+		c := ParseTraceparent([]byte(valid)) // a pooled Context reused for the next request
+		c.ParseTraceparent([]byte(bad))
+		if !c.Started || len(c.Traceparent()) != 55 || c.ClientSpanID != [16]byte{} {
 			t.Fatalf("%q: %+v", bad, c)
 		}
 	}

@@ -29,6 +29,9 @@ type Context struct {
 	// ParentID is the 16 hex digits of the gateway's own span: the parent
 	// of the upstream call.
 	ParentID [16]byte
+	// ClientSpanID is the 16 hex digits of the client's span (the parent
+	// of the gateway's), zero when the gateway began the trace.
+	ClientSpanID [16]byte
 	// Flags is the 2-hex trace-flags byte.
 	Flags [2]byte
 	// Started is true when the client sent no usable traceparent and the
@@ -59,11 +62,13 @@ func (c *Context) ParseTraceparent(h []byte) {
 	hex.Encode(c.ParentID[:], rnd[:8])
 	if validTraceparent(h) {
 		copy(c.TraceID[:], h[3:35])
+		copy(c.ClientSpanID[:], h[36:52])
 		copy(c.Flags[:], h[53:55])
 		c.Started = false
 		return
 	}
 	hex.Encode(c.TraceID[:], rnd[8:24])
+	c.ClientSpanID = [16]byte{}
 	c.Flags = [2]byte{'0', '1'}
 	c.Started = true
 }
