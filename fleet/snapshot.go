@@ -45,15 +45,18 @@ type Snapshot struct {
 	// those answered 404 because no backend has the model.
 	NoBackend    int64
 	ModelMissing int64
+	// Discovery are the upstreams found in DNS (none without discovery).
+	Discovery []GroupSnapshot
 }
 
 // Snapshot reads every backend's state. It takes each catalogue view and
 // breaker briefly; cheap enough for an admin poll or a scrape.
 func (f *Fleet) Snapshot() Snapshot {
 	s := Snapshot{Policy: f.cfg.Policy, NoBackend: f.noBackend.Load(), ModelMissing: f.modelMissing.Load()}
-	for _, b := range f.backends {
+	for _, b := range f.cur.Load().list {
 		s.Backends = append(s.Backends, b.Snapshot())
 	}
+	s.Discovery = f.groupSnapshots()
 	return s
 }
 
@@ -90,4 +93,10 @@ func sortedKeys(m map[string]bool) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+func sortStrings(lists ...[]string) {
+	for _, l := range lists {
+		slices.Sort(l)
+	}
 }
