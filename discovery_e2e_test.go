@@ -121,7 +121,8 @@ func TestDiscoveryScaleUpAndDownUnderLoad(t *testing.T) {
 	waitDiscovery(t, r.admin, "three backends", func(d discoveryDoc) bool { return len(d.Pools) == 3 })
 
 	// Steady load: four clients streaming chats back to back.
-	client := api.NewClient(&url.URL{Scheme: "http", Host: r.data}, http.DefaultClient)
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 8}}
+	client := api.NewClient(&url.URL{Scheme: "http", Host: r.data}, hc)
 	var ok, failed atomic.Int64
 	var firstErr atomic.Value
 	stop := make(chan struct{})
@@ -222,6 +223,7 @@ func TestDiscoveryScaleUpAndDownUnderLoad(t *testing.T) {
 	if strings.Contains(m, `backend="`+hp(1)+`"`) {
 		t.Errorf("/metrics still has series of the removed backend %s", hp(1))
 	}
+	hc.CloseIdleConnections() // the gateway's drain waits for idle keep-alive connections
 	r.stop(t)
 	out := r.out.String()
 	for _, want := range []string{`"event":"joined"`, `"event":"left"`, `"event":"closed"`, `"discovery":"ollama"`} {
