@@ -41,8 +41,10 @@ type Fleet struct {
 	// with one atomic load and no lock.
 	cur atomic.Pointer[view]
 	// single: one configured backend and no discovery; it takes every
-	// request, as the pool alone would.
+	// request, as the pool alone would. only is that backend (nil
+	// otherwise), read by Pick without loading the view.
 	single bool
+	only   *Backend
 	// static are the configured backends, in configuration order.
 	static []*Backend
 	groups []*group
@@ -158,6 +160,9 @@ func New(cfg Config, members []Member, groups ...Group) (*Fleet, error) {
 		b.state = stateMember
 		f.static = append(f.static, b)
 		byName[name] = b
+	}
+	if f.single {
+		f.only = f.static[0]
 	}
 	if err := f.addGroups(groups, byName); err != nil {
 		return nil, err

@@ -114,16 +114,14 @@ func (v *view) nth(s set, n int) *Backend {
 // unless already tried, whatever its state, so a single-backend gateway
 // behaves as its pool does.
 func (f *Fleet) Pick(r Request) (*Backend, Reason, error) {
-	v := f.cur.Load()
-	if f.single {
-		b := v.list[0]
+	if b := f.only; b != nil {
 		if r.Tried&b.Bit() != 0 {
 			return nil, 0, ErrNoBackend
 		}
 		b.picks[ReasonOnly].Add(1)
 		return b, ReasonOnly, nil
 	}
-	return f.pickAmong(v, r)
+	return f.pickAmong(f.cur.Load(), r)
 }
 
 // pickAmong is Pick for a fleet of several, kept apart so that the single
