@@ -264,3 +264,46 @@ func TestDiscoveryResolverFailureCounted(t *testing.T) {
 		t.Errorf("%d lookup_failed lines, want one per failed lookup (at least 3)", n)
 	}
 }
+
+// TestDiscoveryStartsEmpty: until DNS names a backend the gateway is not
+// ready and every route answers 503 no_backend, fleet-wide ones included;
+// then the first backend joins and serves.
+func TestDiscoveryStartsEmpty(t *testing.T) {
+	const name = "later.e2e.test"
+	port, _ := fakesOnPort(t, ollamatest.Config{}, "127.0.0.2")
+	srv, err := dnstest.NewServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	upstreams := fmt.Sprintf(`[{"name":"later","url":"http://%s:%d","discover":"dns","refresh":"100ms","resolver":"%s"}]`, name, port, srv.Addr())
+	r := startApp(t, "VEGA_UPSTREAMS="+upstreams, "VEGA_AUTH_ALLOW_MODEL_MANAGEMENT=true")
+	waitDiscovery(t, r.admin, "a failed lookup", func(d discoveryDoc) bool { return d.Routing.Discovery[0].LookupFailures > 0 })
+	if st, _, body := get(t, "http://"+r.admin+"/readyz", nil); st != 503 {
+		t.Errorf("/readyz = %d %s with no backend", st, body)
+	}
+	for _, c := range []struct{ method, path, body string }{
+		{"POST", "/api/chat", `{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}`},
+		{"POST", "/chat", `{"prompt":"hi"}`},
+		{"GET", "/api/tags", ""},
+		{"POST", "/api/pull", `{"model":"llama3.2"}`},
+		{"GET", "/api/version", ""},
+	} {
+		st, _, body := send(t, c.method, "http://"+r.data+c.path, c.body, nil)
+		if st != 503 || !strings.Contains(string(body), "no_backend") {
+			t.Errorf("%s %s with no backend = %d %s, want 503 no_backend", c.method, c.path, st, body)
+		}
+	}
+	srv.SetA(name, "127.0.0.2")
+	waitDiscovery(t, r.admin, "the backend joined", func(d discoveryDoc) bool { return len(d.Pools) == 1 })
+	if st, _, body := post(t, "http://"+r.data+"/api/chat", `{"model":"llama3.2","stream":false,"messages":[{"role":"user","content":"hi"}]}`, nil); st != 200 {
+		t.Errorf("chat once a backend joined: %d %s", st, body)
+	}
+	if st, _, body := get(t, "http://"+r.admin+"/readyz", nil); st != 200 {
+		t.Errorf("/readyz = %d %s with a backend", st, body)
+	}
+	r.stop(t)
+	if !strings.Contains(r.out.String(), `"discovery":["later"]`) {
+		t.Error("the start-up line does not name the discovery")
+	}
+}

@@ -217,6 +217,13 @@ func (a *app) run(sigs, hup <-chan os.Signal) int {
 	} else {
 		started.Str("routing_policy", a.fleet.Config().Policy)
 	}
+	if groups := a.fleet.Snapshot().Discovery; len(groups) > 0 {
+		names := make([]string, len(groups))
+		for i, g := range groups {
+			names[i] = g.Name
+		}
+		started.Strs("discovery", names) // their backends are logged as they join
+	}
 	started.Array("backends", backends).Str("version", version).Msg("vega-gateway started")
 
 	// The fleet runs every backend's health prober (and, with several, its

@@ -424,3 +424,39 @@ func TestNewNeedsSources(t *testing.T) {
 		})
 	}
 }
+
+// TestPoolsDiscoveryJSON: upstreams found in DNS are listed under
+// routing.discovery with their backends by state and their lookups.
+func TestPoolsDiscoveryJSON(t *testing.T) {
+	var ready atomic.Bool
+	ready.Store(true)
+	src := fakeSources(&ready)
+	now := time.Now()
+	src.Pools = nil
+	src.Fleet = func() fleet.Snapshot {
+		s := fakeFleet(now)
+		s.Discovery = []fleet.GroupSnapshot{{
+			Name: "ollama", Backends: []string{"10.0.0.1:11434"}, Joining: []string{"10.0.0.3:11434"},
+			Lookups: 12, LookupFailures: 2, LastLookup: now, LastError: "A/AAAA ollama: SERVFAIL",
+		}}
+		return s
+	}
+	base := startAdmin(t, "127.0.0.1:0", src)
+	r := get(t, "GET", base+"/admin/resources/pools", "", map[string]string{"X-API-Key": testKey})
+	var doc struct {
+		Routing struct {
+			Discovery []map[string]any `json:"discovery"`
+		} `json:"routing"`
+	}
+	if err := json.Unmarshal(r.body, &doc); err != nil || len(doc.Routing.Discovery) != 1 {
+		t.Fatalf("decode: %v; body %s", err, r.body)
+	}
+	d := doc.Routing.Discovery[0]
+	want := map[string]any{
+		"name": "ollama", "backends": []any{"10.0.0.1:11434"}, "joining": []any{"10.0.0.3:11434"}, "draining": []any{},
+		"lookups": 12.0, "lookup_failures": 2.0, "last_lookup": now.UTC().Format(time.RFC3339Nano), "last_error": "A/AAAA ollama: SERVFAIL",
+	}
+	if !reflect.DeepEqual(d, want) {
+		t.Errorf("discovery = %v, want %v", d, want)
+	}
+}
