@@ -9,7 +9,6 @@ import (
 	"net"
 	"slices"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -428,69 +427,5 @@ func TestDiscoveryBoundedByMaxBackends(t *testing.T) {
 			t.Fatalf("joining = %d, want 2", len(d.f.Snapshot().Discovery[0].Joining))
 		}
 		time.Sleep(testRefresh / 4)
-	}
-}
-
-// TestPickAllocationFree: choosing costs no memory while discovery
-// replaces the view. (A model named without a tag costs its ":latest"
-// string, in NormalizeModel.)
-func TestPickAllocationFree(t *testing.T) {
-	f := testFleet(t, Config{}, 1, 1, 1)
-	for _, b := range f.Backends() {
-		setCatalogue(b, []string{"m"}, []string{"m"})
-	}
-	var wg sync.WaitGroup
-	stop := make(chan struct{})
-	wg.Add(1)
-	go func() { // membership changing meanwhile
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			f.mu.Lock()
-			f.publish()
-			f.mu.Unlock()
-		}
-	}()
-	r := Request{Model: "m:latest", NeedModel: true, Inference: true, Conversation: Conversation{Key: 42}}
-	allocs := testing.AllocsPerRun(1000, func() {
-		if _, _, err := f.Pick(r); err != nil {
-			t.Fatal(err)
-		}
-	})
-	close(stop)
-	wg.Wait()
-	if allocs != 0 {
-		t.Errorf("Pick allocates %v times, want 0", allocs)
-	}
-}
-
-// BenchmarkPick is one choice among three warm backends.
-func BenchmarkPick(b *testing.B) {
-	f := testFleet(b, Config{}, 1, 1, 1)
-	for _, bk := range f.Backends() {
-		setCatalogue(bk, []string{"m"}, []string{"m"})
-	}
-	r := Request{Model: "m:latest", NeedModel: true, Inference: true, Conversation: Conversation{Key: 42}}
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, _, err := f.Pick(r); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
-// BenchmarkPickSingle is the one-backend path: no choice.
-func BenchmarkPickSingle(b *testing.B) {
-	f := testFleet(b, Config{}, 1)
-	r := Request{Model: "m:latest", NeedModel: true, Inference: true}
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, _, err := f.Pick(r); err != nil {
-			b.Fatal(err)
-		}
 	}
 }
