@@ -54,8 +54,9 @@ type upstreamEntry struct {
 	// target) is a backend with the URL's scheme and port. Empty: the URL
 	// is one backend. Name then names the set (default: the URL's host).
 	Discover string `mapstructure:"discover" json:"discover"`
-	// Refresh is the pause between lookups. Default
-	// fleet.DefaultDiscoveryRefresh; only with discover.
+	// Refresh is the pause between lookups, at least
+	// fleet.MinDiscoveryRefresh. Default fleet.DefaultDiscoveryRefresh;
+	// only with discover.
 	Refresh time.Duration `mapstructure:"refresh" json:"-"`
 	// Resolver is the host:port of the DNS server asked. Default: the
 	// system's resolver. Only with discover.
@@ -475,8 +476,8 @@ func discoveryGroup(i int, e upstreamEntry, up pool.UpstreamConfig, pc pool.Conf
 	if e.Discover != "dns" {
 		return fleet.Group{}, fmt.Errorf("upstreams[%d].discover: must be dns or unset, got %q", i, e.Discover)
 	}
-	if e.Refresh < 0 {
-		return fleet.Group{}, fmt.Errorf("upstreams[%d].refresh: must be positive, got %s", i, e.Refresh)
+	if e.Refresh < 0 || e.Refresh > 0 && e.Refresh < fleet.MinDiscoveryRefresh {
+		return fleet.Group{}, fmt.Errorf("upstreams[%d].refresh: must be at least %s (a duration with its unit, 10s), got %s", i, fleet.MinDiscoveryRefresh, e.Refresh)
 	}
 	r, err := discover.New(discover.Config{URL: e.URL, Resolver: e.Resolver, SRV: e.SRV})
 	if err != nil {

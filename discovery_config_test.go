@@ -63,6 +63,7 @@ func TestDiscoveryConfigErrors(t *testing.T) {
 		{"resolver without port", "upstreams:\n  - {url: \"http://o.svc:1\", discover: dns, resolver: 10.0.0.10}\n", nil, "upstreams[0].resolver"},
 		{"bad srv", "upstreams:\n  - {url: \"http://o.svc:1\", discover: dns, srv: http}\n", nil, "upstreams[0].srv"},
 		{"negative refresh", "upstreams:\n  - {url: \"http://o.svc:1\", discover: dns, refresh: -1s}\n", nil, "upstreams[0].refresh"},
+		{"refresh without a unit", "upstreams:\n  - {url: \"http://o.svc:1\", discover: dns, refresh: 10}\n", nil, "upstreams[0].refresh: must be at least 100ms"},
 		{"refresh not a duration", "upstreams:\n  - {url: \"http://o.svc:1\", discover: dns, refresh: often}\n", nil, "upstreams[0].refresh"},
 		{"JSON refresh not a duration", "", []string{`VEGA_UPSTREAMS=[{"url":"http://o.svc:1","discover":"dns","refresh":10}]`}, "upstreams"},
 		{"JSON unknown field", "", []string{`VEGA_UPSTREAMS=[{"url":"http://o.svc:1","discover":"dns","resolvr":"x:53"}]`}, "upstreams"},

@@ -42,14 +42,9 @@ type Server struct {
 // stops it.
 func NewServer() (*Server, error) {
 	s := &Server{addrs: map[string][]net.IP{}, srvs: map[string][]SRV{}}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	pc, ln, err := listenBoth()
 	if err != nil {
-		return nil, fmt.Errorf("dnstest: %w", err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		pc.Close()
-		return nil, fmt.Errorf("dnstest: %w", err)
+		return nil, err
 	}
 	s.addr = pc.LocalAddr().String()
 	h := dns.HandlerFunc(s.serve)
@@ -63,6 +58,24 @@ func NewServer() (*Server, error) {
 	<-started
 	<-started
 	return s, nil
+}
+
+// listenBoth binds UDP and TCP on one free loopback port: the UDP port the
+// kernel picks may be taken for TCP, so a few are tried.
+func listenBoth() (net.PacketConn, net.Listener, error) {
+	var err error
+	for range 20 {
+		var pc net.PacketConn
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			break
+		}
+		var ln net.Listener
+		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+			return pc, ln, nil
+		}
+		pc.Close()
+	}
+	return nil, nil, fmt.Errorf("dnstest: %w", err)
 }
 
 // Addr is the server's host:port, for config key resolver.

@@ -16,6 +16,11 @@ import (
 // that to load a model.
 const DefaultDiscoveryRefresh = 10 * time.Second
 
+// MinDiscoveryRefresh is the shortest Group.Refresh: a lookup per 100 ms is
+// already more than a DNS server should get from every replica, and a
+// duration written without a unit (refresh: 10) would be 10 ns.
+const MinDiscoveryRefresh = 100 * time.Millisecond
+
 // drainGrace is the least time a removed backend stays open, however idle:
 // a request that chose it just before the removal (from the previous view)
 // still finds its pool open.
@@ -36,7 +41,8 @@ type Group struct {
 	Name string
 	// Weight is every backend's weight. Default 1.
 	Weight int
-	// Refresh is the pause between lookups. Default DefaultDiscoveryRefresh.
+	// Refresh is the pause between lookups, at least MinDiscoveryRefresh.
+	// Default DefaultDiscoveryRefresh.
 	Refresh time.Duration
 	// Lookup returns the backends as found now, or an error. Required.
 	Lookup func(ctx context.Context) ([]Endpoint, error)
@@ -136,8 +142,8 @@ func (f *Fleet) addGroups(groups []Group, byName map[string]*Backend) error {
 			return fmt.Errorf("upstreams (discovery %s): no lookup or pool builder", g.Name)
 		case g.Weight < 0:
 			return fmt.Errorf("upstreams (discovery %s).weight: must be positive, got %d", g.Name, g.Weight)
-		case g.Refresh < 0:
-			return fmt.Errorf("upstreams (discovery %s).refresh: must be positive, got %s", g.Name, g.Refresh)
+		case g.Refresh < 0 || g.Refresh > 0 && g.Refresh < MinDiscoveryRefresh:
+			return fmt.Errorf("upstreams (discovery %s).refresh: must be at least %s, got %s", g.Name, MinDiscoveryRefresh, g.Refresh)
 		}
 		seen[g.Name] = true
 		if g.Weight == 0 {
