@@ -5,28 +5,37 @@ import (
 	"testing"
 )
 
-// TestPickAllocationFree: choosing costs no memory while discovery
-// replaces the view. (A model named without a tag costs its ":latest"
-// string, in NormalizeModel.)
+// TestPickAllocationFree: choosing costs no memory while membership
+// changes: the views (all three backends, and two of them) are built
+// beforehand, since AllocsPerRun counts every goroutine's allocations, and
+// swapped as publish does. (A model named without a tag costs its
+// ":latest" string, in NormalizeModel.)
 func TestPickAllocationFree(t *testing.T) {
 	f := testFleet(t, Config{}, 1, 1, 1)
 	for _, b := range f.Backends() {
 		setCatalogue(b, []string{"m"}, []string{"m"})
 	}
+	three := f.cur.Load()
+	two := &view{list: three.list[:2], byName: map[string]*Backend{}}
+	for _, b := range two.list {
+		two.slot[b.slot], two.byName[b.Name] = b, b
+	}
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
 	wg.Add(1)
-	go func() { // membership changing meanwhile
+	go func() {
 		defer wg.Done()
-		for {
+		for i := 0; ; i++ {
 			select {
 			case <-stop:
 				return
 			default:
 			}
-			f.mu.Lock()
-			f.publish()
-			f.mu.Unlock()
+			if i%2 == 0 {
+				f.cur.Store(two)
+			} else {
+				f.cur.Store(three)
+			}
 		}
 	}()
 	r := Request{Model: "m:latest", NeedModel: true, Inference: true, Conversation: Conversation{Key: 42}}
