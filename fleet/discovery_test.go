@@ -104,8 +104,9 @@ func names(bs []*Backend) []string {
 func hostPort(ip string, port int) string { return net.JoinHostPort(ip, strconv.Itoa(port)) }
 
 // newDiscovered runs a fleet whose one group resolves url's host (and its
-// srv records, if srv is set) at the test's DNS server.
-func newDiscovered(t *testing.T, cfg Config, url, srv string) *discovered {
+// srv records, if srv is set) at the test's DNS server, where testName has
+// the addresses ips from the first lookup on.
+func newDiscovered(t *testing.T, cfg Config, url, srv string, ips ...string) *discovered {
 	t.Helper()
 	d := &discovered{events: make(chan Event, 1024)}
 	var err error
@@ -113,6 +114,9 @@ func newDiscovered(t *testing.T, cfg Config, url, srv string) *discovered {
 		t.Fatal(err)
 	}
 	t.Cleanup(d.dns.Close)
+	if len(ips) > 0 {
+		d.setA(ips...)
+	}
 	d.f = runGroupFleet(t, cfg, d, url, srv)
 	return d
 }
@@ -171,8 +175,7 @@ func runGroupFleet(t *testing.T, cfg Config, d *discovered, url, srv string) *Fl
 func TestDiscoveryFindsBackends(t *testing.T) {
 	ips := []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"}
 	port, _ := fakesOnOnePort(t, ollamatest.Config{}, ips...)
-	d := newDiscovered(t, Config{Policy: PolicyLeastLoaded}, "http://"+hostPort(testName, port), "")
-	d.setA(ips...)
+	d := newDiscovered(t, Config{Policy: PolicyLeastLoaded}, "http://"+hostPort(testName, port), "", ips...)
 	for range ips {
 		d.wait(t, EventJoined, "")
 	}
