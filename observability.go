@@ -50,8 +50,9 @@ func newObservability(cfg metrics.Config, f *fleet.Fleet, gw *gateway.Gateway, s
 // fleet's order: a discovered backend's series appear when it joins and go
 // when it leaves.
 func fleetPools(f *fleet.Fleet) []*pool.Pool {
-	out := make([]*pool.Pool, f.Len())
-	for i, b := range f.Backends() {
+	bs := f.Backends() // one view: Len and Backends may read different ones
+	out := make([]*pool.Pool, len(bs))
+	for i, b := range bs {
 		out[i] = b.Pool
 	}
 	return out
