@@ -117,13 +117,15 @@ func newDiscovered(t *testing.T, cfg Config, url, srv string, ips ...string) *di
 	if len(ips) > 0 {
 		d.setA(ips...)
 	}
-	d.f = runGroupFleet(t, cfg, d, url, srv)
+	d.f = runGroupFleet(t, cfg, d, url, srv, 50*time.Millisecond, 200*time.Millisecond)
 	return d
 }
 
-func runGroupFleet(t *testing.T, cfg Config, d *discovered, url, srv string) *Fleet {
+// runGroupFleet runs the fleet of d's group; health is its backends' probe
+// interval, dnsTimeout bounds a lookup.
+func runGroupFleet(t *testing.T, cfg Config, d *discovered, url, srv string, health, dnsTimeout time.Duration) *Fleet {
 	t.Helper()
-	r, err := discover.New(discover.Config{URL: url, Resolver: d.dns.Addr(), SRV: srv, Timeout: 200 * time.Millisecond})
+	r, err := discover.New(discover.Config{URL: url, Resolver: d.dns.Addr(), SRV: srv, Timeout: dnsTimeout})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +143,7 @@ func runGroupFleet(t *testing.T, cfg Config, d *discovered, url, srv string) *Fl
 			return out, err
 		},
 		NewPool: func(url string) (*pool.Pool, error) {
-			return pool.New(pool.UpstreamConfig{URL: url, HealthInterval: 50 * time.Millisecond, HealthTimeout: time.Second}, pool.Config{})
+			return pool.New(pool.UpstreamConfig{URL: url, HealthInterval: health, HealthTimeout: time.Second}, pool.Config{})
 		},
 		Observe: func(e Event) {
 			select {
@@ -409,7 +411,15 @@ func TestDiscoverySRV(t *testing.T) {
 // TestDiscoveryBoundedByMaxBackends: past MaxBackends a record is refused
 // (and said so), the others are kept.
 func TestDiscoveryBoundedByMaxBackends(t *testing.T) {
-	d := newDiscovered(t, Config{}, "http://"+testName+":9", "") // nothing listens: all stay joining
+	d := &discovered{events: make(chan Event, 1024)}
+	var err error
+	if d.dns, err = dnstest.NewServer(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.dns.Close)
+	// Nothing listens: all stay joining. Probes are slow, so 64 probers do
+	// not crowd the lookups out of a loaded machine.
+	d.f = runGroupFleet(t, Config{RefreshInterval: time.Minute}, d, "http://"+testName+":9", "", time.Minute, 2*time.Second)
 	var ips []string
 	for i := range MaxBackends + 2 {
 		ips = append(ips, fmt.Sprintf("127.0.1.%d", i+1))
