@@ -32,6 +32,7 @@ type discoveryDoc struct {
 			Backends       []string `json:"backends"`
 			Joining        []string `json:"joining"`
 			Draining       []string `json:"draining"`
+			Lookups        int64    `json:"lookups"`
 			LookupFailures int64    `json:"lookup_failures"`
 		} `json:"discovery"`
 	} `json:"routing"`
@@ -166,7 +167,11 @@ func TestDiscoveryScaleUpAndDownUnderLoad(t *testing.T) {
 	}()
 	time.Sleep(3 * refresh)
 
-	// Scale-up: the fourth address enters DNS.
+	// Scale-up: the fourth address enters DNS. "Within one refresh" is
+	// checked in lookups, not in time (a loaded machine stretches time):
+	// the lookup that finds the new address is at most the second after
+	// the change (the first may have been under way with the old records).
+	lookupsBefore := waitDiscovery(t, r.admin, "the lookup count", func(discoveryDoc) bool { return true }).Routing.Discovery[0].Lookups
 	changed := time.Now()
 	srv.SetA(name, ips...)
 	deadline := changed.Add(10 * time.Second)
@@ -176,11 +181,7 @@ func TestDiscoveryScaleUpAndDownUnderLoad(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	joinedIn := time.Since(changed)
-	t.Logf("added backend's first request %s after the DNS change (refresh %s)", joinedIn.Round(time.Millisecond), refresh)
-	if joinedIn > refresh+500*time.Millisecond {
-		t.Errorf("added backend's first request came %s after the change, want within one refresh (%s) and its probes", joinedIn, refresh)
-	}
+	t.Logf("added backend's first request %s after the DNS change (refresh %s)", time.Since(changed).Round(time.Millisecond), refresh)
 
 	// Scale-down: the second address leaves DNS; its fake serves on until
 	// the gateway has closed its pool, then stops.
@@ -230,6 +231,19 @@ func TestDiscoveryScaleUpAndDownUnderLoad(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("log lacks %s", want)
 		}
+	}
+	foundAt := int64(-1)
+	for line := range strings.Lines(out) {
+		var ev struct {
+			Event, Backend string
+			Lookup         int64
+		}
+		if json.Unmarshal([]byte(line), &ev) == nil && ev.Event == "found" && ev.Backend == hp(3) {
+			foundAt = ev.Lookup
+		}
+	}
+	if foundAt < 0 || foundAt > lookupsBefore+2 {
+		t.Errorf("the added backend was found by lookup %d, want at most the second after the change (%d + 2)", foundAt, lookupsBefore)
 	}
 }
 

@@ -378,7 +378,8 @@ func discoveryLogger(log zerolog.Logger) func(fleet.Event) {
 		if e.Backend != "" {
 			ev.Str("backend", e.Backend).Str("upstream", e.URL)
 		}
-		ev.Str("discovery", e.Group).Str("event", e.Kind.String()).Int("backends", e.Backends).Msg(discoveryMessage(e.Kind))
+		ev.Str("discovery", e.Group).Str("event", e.Kind.String()).Int("backends", e.Backends).Int64("lookup", e.Lookup).
+			Msg(discoveryMessage(e.Kind))
 	}
 }
 

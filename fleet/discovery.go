@@ -104,7 +104,10 @@ type Event struct {
 	Backend, URL string
 	// Backends is the number taking requests in the group after the event.
 	Backends int
-	Err      error
+	// Lookup numbers the group's lookups (1 is the first): the one that
+	// found, removed or failed, or the last one before a join or a close.
+	Lookup int64
+	Err    error
 }
 
 // ErrTooManyBackends: a discovered backend would exceed MaxBackends; it is
@@ -191,6 +194,9 @@ func (f *Fleet) runGroup(ctx context.Context, g *group, wg *sync.WaitGroup, obse
 func (g *group) event(e Event) {
 	if g.Observe != nil {
 		e.Group = g.Name
+		if e.Lookup == 0 {
+			e.Lookup = g.lookups.Load()
+		}
 		g.Observe(e)
 	}
 }
