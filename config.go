@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,11 +10,13 @@ import (
 	"os"
 	"reflect"
 	"strings"
+	"time"
 
 	"github.com/go-viper/mapstructure/v2"
 	"github.com/spf13/viper"
 
 	"github.com/vega-gateway/vega-gateway/admin"
+	"github.com/vega-gateway/vega-gateway/discover"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/metrics"
@@ -44,8 +48,49 @@ type upstreamEntry struct {
 	// GPU twice as fast: 2). Default 1; zero selects the default.
 	Weight int `mapstructure:"weight" json:"weight"`
 	// MaxConnections bounds this backend's upstream connections instead of
-	// pool.max_connections. Zero keeps pool.max_connections.
+	// pool.max_connections. Zero keeps pool.max_connections. With discover,
+	// it bounds each backend found.
 	MaxConnections int `mapstructure:"max_connections" json:"max_connections"`
+	// Discover "dns" makes the entry a set of backends found in DNS: the
+	// URL's host is resolved every Refresh and each address (or SRV
+	// target) is a backend with the URL's scheme and port. Empty: the URL
+	// is one backend. Name then names the set (default: the URL's host).
+	Discover string `mapstructure:"discover" json:"discover"`
+	// Refresh is the pause between lookups, at least
+	// fleet.MinDiscoveryRefresh. Default fleet.DefaultDiscoveryRefresh;
+	// only with discover.
+	Refresh time.Duration `mapstructure:"refresh" json:"-"`
+	// Resolver is the host:port of the DNS server asked. Default: the
+	// system's resolver. Only with discover.
+	Resolver string `mapstructure:"resolver" json:"resolver"`
+	// SRV, as "_http._tcp", asks for the SRV records of SRV.host first
+	// (each target:port a backend named by the target), falling back to
+	// the A/AAAA records when there are none. Only with discover.
+	SRV string `mapstructure:"srv" json:"srv"`
+}
+
+// UnmarshalJSON reads an entry of VEGA_UPSTREAMS, refresh as a Go duration
+// string ("10s"), unknown fields refused.
+func (e *upstreamEntry) UnmarshalJSON(b []byte) error {
+	type plain upstreamEntry
+	var aux struct {
+		plain
+		Refresh string `json:"refresh"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&aux); err != nil {
+		return err
+	}
+	*e = upstreamEntry(aux.plain)
+	if aux.Refresh != "" {
+		d, err := time.ParseDuration(aux.Refresh)
+		if err != nil {
+			return errors.New("refresh: must be a duration such as 10s")
+		}
+		e.Refresh = d
+	}
+	return nil
 }
 
 // logConfig is config key log.*.
@@ -290,7 +335,8 @@ func jsonToScopedKeys() mapstructure.DecodeHookFuncType {
 
 // stringToUpstreams decodes VEGA_UPSTREAMS: comma-separated URLs (each
 // backend named by its host:port), or a JSON list of {name, url, weight,
-// max_connections}. In a file, an entry may be a bare URL too.
+// max_connections, discover, refresh, resolver, srv}. In a file, an entry
+// may be a bare URL too.
 func stringToUpstreams() mapstructure.DecodeHookFuncType {
 	return func(from, to reflect.Type, data any) (any, error) {
 		if from.Kind() == reflect.String && to == reflect.TypeFor[upstreamEntry]() {
@@ -306,7 +352,7 @@ func stringToUpstreams() mapstructure.DecodeHookFuncType {
 			dec.DisallowUnknownFields()
 			if err := dec.Decode(&out); err != nil {
 				// encoding/json's messages name fields and types, never values.
-				return nil, fmt.Errorf("upstreams: must be comma-separated URLs or a JSON list of {name, url, weight, max_connections}: %w", err)
+				return nil, fmt.Errorf("upstreams: must be comma-separated URLs or a JSON list of {name, url, weight, max_connections, discover, refresh, resolver, srv}: %w", err)
 			}
 			return out, nil
 		}
@@ -394,7 +440,7 @@ func (c config) validate() error {
 	}
 	// The packages validate their own sections; building the pools and the
 	// fleet starts nothing and opens no connection.
-	if _, err := c.newFleet(); err != nil {
+	if _, err := c.newFleet(nil); err != nil {
 		return err
 	}
 	if c.Pool.MaxConnections <= 0 {
@@ -411,8 +457,10 @@ func (c config) validate() error {
 
 // newFleet builds one pool per backend — upstreams, else upstream.url
 // alone — each with the shared upstream.* and pool.* settings, its own URL
-// and its max_connections, and the fleet over them. It starts nothing.
-func (c config) newFleet() (*fleet.Fleet, error) {
+// and its max_connections, and the fleet over them; an entry with discover
+// is a discovery group whose backends' pools are built alike as they are
+// found, and whose events go to observe (may be nil). It starts nothing.
+func (c config) newFleet(observe func(fleet.Event)) (*fleet.Fleet, error) {
 	entries := c.Upstreams
 	if len(entries) == 0 {
 		p, err := pool.New(c.Upstream.UpstreamConfig, c.Pool)
@@ -428,6 +476,7 @@ func (c config) newFleet() (*fleet.Fleet, error) {
 		return nil, fmt.Errorf("upstreams: at most %d backends, got %d", fleet.MaxBackends, len(entries))
 	}
 	members := make([]fleet.Member, 0, len(entries))
+	var groups []fleet.Group
 	urls := map[string]int{}
 	for i, e := range entries {
 		switch {
@@ -454,7 +503,52 @@ func (c config) newFleet() (*fleet.Fleet, error) {
 		if err != nil {
 			return nil, fmt.Errorf("upstreams[%d]: %w", i, err)
 		}
-		members = append(members, fleet.Member{Name: e.Name, Weight: e.Weight, Pool: p})
+		if e.Discover == "" {
+			if e.Refresh != 0 || e.Resolver != "" || e.SRV != "" {
+				return nil, fmt.Errorf("upstreams[%d]: refresh, resolver and srv need discover: dns", i)
+			}
+			members = append(members, fleet.Member{Name: e.Name, Weight: e.Weight, Pool: p})
+			continue
+		}
+		g, err := discoveryGroup(i, e, up, pc, observe)
+		if err != nil {
+			return nil, err
+		}
+		groups = append(groups, g)
 	}
-	return fleet.New(c.Routing, members)
+	return fleet.New(c.Routing, members, groups...)
+}
+
+// discoveryGroup is the fleet group of an upstreams entry with discover:
+// its resolver, and a pool builder with the entry's settings.
+func discoveryGroup(i int, e upstreamEntry, up pool.UpstreamConfig, pc pool.Config, observe func(fleet.Event)) (fleet.Group, error) {
+	if e.Discover != "dns" {
+		return fleet.Group{}, fmt.Errorf("upstreams[%d].discover: must be dns or unset, got %q", i, e.Discover)
+	}
+	if e.Refresh < 0 || e.Refresh > 0 && e.Refresh < fleet.MinDiscoveryRefresh {
+		return fleet.Group{}, fmt.Errorf("upstreams[%d].refresh: must be at least %s (a duration with its unit, 10s), got %s", i, fleet.MinDiscoveryRefresh, e.Refresh)
+	}
+	r, err := discover.New(discover.Config{URL: e.URL, Resolver: e.Resolver, SRV: e.SRV})
+	if err != nil {
+		return fleet.Group{}, fmt.Errorf("upstreams[%d].%w", i, err)
+	}
+	name := e.Name
+	if name == "" {
+		name = r.Host()
+	}
+	return fleet.Group{
+		Name: name, Weight: e.Weight, Refresh: e.Refresh, Observe: observe,
+		Lookup: func(ctx context.Context) ([]fleet.Endpoint, error) {
+			eps, err := r.Lookup(ctx)
+			out := make([]fleet.Endpoint, len(eps))
+			for j, ep := range eps {
+				out[j] = fleet.Endpoint{Name: ep.Name, URL: ep.URL}
+			}
+			return out, err
+		},
+		NewPool: func(url string) (*pool.Pool, error) {
+			up.URL = url
+			return pool.New(up, pc)
+		},
+	}, nil
 }

@@ -96,7 +96,7 @@ func TestUpstreamsConfig(t *testing.T) {
 					t.Fatalf("upstreams[%d] = %+v, want %+v", i, c.Upstreams[i], tc.want[i])
 				}
 			}
-			f, err := c.newFleet()
+			f, err := c.newFleet(nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -183,7 +183,7 @@ func TestRoutingConfigFromEnv(t *testing.T) {
 	if c.Routing != want {
 		t.Fatalf("routing = %+v, want %+v", c.Routing, want)
 	}
-	f, err := c.newFleet()
+	f, err := c.newFleet(nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -210,7 +210,7 @@ func TestFleetEndToEnd(t *testing.T) {
 	}
 
 	// gpu-b's pool closed as well: gpu-c alone keeps the gateway ready.
-	r.app.pools[1].Close()
+	r.app.fleet.Backends()[1].Pool.Close()
 	if st, _, body := get(t, "http://"+r.admin+"/readyz", nil); st != 200 {
 		t.Fatalf("/readyz = %d %s with gpu-a down and gpu-b closed", st, body)
 	}

@@ -13,8 +13,7 @@ import (
 // its pools. The registry reads them at scrape time only, so /metrics and
 // /admin/resources/pools show the same counters.
 func newObservability(cfg metrics.Config, f *fleet.Fleet, gw *gateway.Gateway, sink *logSink) (*metrics.Metrics, error) {
-	pools := fleetPools(f)
-	m, err := metrics.New(cfg, version, func() []pool.Snapshot { return poolSnapshots(pools) })
+	m, err := metrics.New(cfg, version, func() []pool.Snapshot { return poolSnapshots(fleetPools(f)) })
 	if err != nil {
 		return nil, err
 	}
@@ -26,7 +25,7 @@ func newObservability(cfg metrics.Config, f *fleet.Fleet, gw *gateway.Gateway, s
 			Name: "vega_panics_total", Help: "Panics recovered in request handlers, stream writers and health probes (each is a bug; a request's stack is in the log).",
 		}, func() float64 {
 			n := gw.Panics()
-			for _, p := range pools {
+			for _, p := range fleetPools(f) {
 				n += p.Stats().ProbePanics.Load()
 			}
 			return float64(n)
@@ -47,10 +46,13 @@ func newObservability(cfg metrics.Config, f *fleet.Fleet, gw *gateway.Gateway, s
 	return m, nil
 }
 
-// fleetPools lists the fleet's pools in configuration order.
+// fleetPools lists the pools of the backends taking requests now, in the
+// fleet's order: a discovered backend's series appear when it joins and go
+// when it leaves.
 func fleetPools(f *fleet.Fleet) []*pool.Pool {
-	out := make([]*pool.Pool, f.Len())
-	for i, b := range f.Backends() {
+	bs := f.Backends() // one view: Len and Backends may read different ones
+	out := make([]*pool.Pool, len(bs))
+	for i, b := range bs {
 		out[i] = b.Pool
 	}
 	return out

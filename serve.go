@@ -122,12 +122,12 @@ func startDemo() ([]demoBackend, error) {
 	return out, nil
 }
 
-// app is the wired process: listeners, gateway, admin, fleet and pools.
+// app is the wired process: listeners, gateway, admin and the fleet (which
+// owns the pools).
 type app struct {
 	cfg     config
 	log     zerolog.Logger
 	fleet   *fleet.Fleet
-	pools   []*pool.Pool
 	gw      *gateway.Gateway
 	tracer  *otelx.Tracer
 	admin   *admin.Server
@@ -138,7 +138,7 @@ type app struct {
 // newApp builds everything and binds both ports; nothing serves yet. On
 // error no port is left bound.
 func newApp(cfg config, log zerolog.Logger, sink *logSink) (*app, error) {
-	f, err := cfg.newFleet()
+	f, err := cfg.newFleet(discoveryLogger(log))
 	if err != nil {
 		return nil, err
 	}
@@ -156,11 +156,10 @@ func newApp(cfg config, log zerolog.Logger, sink *logSink) (*app, error) {
 	if err != nil {
 		return nil, fmt.Errorf("auth.admin_api_keys: %w", err)
 	}
-	pools := fleetPools(f)
-	a := &app{cfg: cfg, log: log, fleet: f, pools: pools, gw: gw}
+	a := &app{cfg: cfg, log: log, fleet: f, gw: gw}
 	src := admin.Sources{
 		Fleet: f.Snapshot,
-		Ready: func() bool { return anyReady(pools) },
+		Ready: func() bool { return anyReady(fleetPools(f)) },
 	}
 	if !adminRing.Open() {
 		src.Authorize = adminRing.Allowed
@@ -225,10 +224,17 @@ func (a *app) run(sigs, hup <-chan os.Signal) int {
 		backends.Dict(zerolog.Dict().Str("name", b.Name).Str("url", b.Pool.URL()).Int("weight", b.Weight))
 	}
 	started := log.Info().Str("gateway", a.gwLn.Addr().String()).Str("admin", a.adminLn.Addr().String())
-	if a.fleet.Len() == 1 {
+	if a.fleet.Single() {
 		started.Str("upstream", a.fleet.First().Pool.URL())
 	} else {
 		started.Str("routing_policy", a.fleet.Config().Policy)
+	}
+	if groups := a.fleet.Snapshot().Discovery; len(groups) > 0 {
+		names := make([]string, len(groups))
+		for i, g := range groups {
+			names[i] = g.Name
+		}
+		started.Strs("discovery", names) // their backends are logged as they join
 	}
 	started.Array("backends", backends).Bool("tracing", a.tracer != nil).Str("version", version).Msg("vega-gateway started")
 
@@ -241,7 +247,7 @@ func (a *app) run(sigs, hup <-chan os.Signal) int {
 	go func() { defer wg.Done(); a.admin.RunProfiles(healthCtx) }()
 	go func() {
 		defer wg.Done()
-		several := a.fleet.Len() > 1
+		several := !a.fleet.Single()
 		a.fleet.Run(healthCtx, func(b *fleet.Backend, ch pool.HealthChange) {
 			ev := log.Info()
 			if !ch.Healthy {
@@ -274,9 +280,7 @@ wait:
 			break wait
 		}
 	}
-	for _, p := range a.pools {
-		p.Close() // readyz 503, queued requests 503 shutting_down
-	}
+	a.fleet.Close() // readyz 503, queued requests 503 shutting_down
 	done := make(chan struct{})
 	go func() {
 		drainCtx, cancel := context.WithTimeout(context.Background(), a.cfg.Gateway.DrainTimeout)
@@ -378,6 +382,44 @@ func healthMessage(ch pool.HealthChange, several bool) string {
 		return "upstream not reachable yet; requests go to the other backends"
 	}
 	return "upstream not reachable yet; /readyz answers 503 until it is"
+}
+
+// discoveryLogger logs a discovery group's events: one line per change,
+// and one per failed lookup (so at most one per refresh while the resolver
+// is away).
+func discoveryLogger(log zerolog.Logger) func(fleet.Event) {
+	return func(e fleet.Event) {
+		var ev *zerolog.Event
+		switch e.Kind {
+		case fleet.EventLookupFailed, fleet.EventRejected:
+			ev = log.Warn().AnErr("error", e.Err)
+		default:
+			ev = log.Info()
+		}
+		if e.Backend != "" {
+			ev.Str("backend", e.Backend).Str("upstream", e.URL)
+		}
+		ev.Str("discovery", e.Group).Str("event", e.Kind.String()).Int("backends", e.Backends).Int64("lookup", e.Lookup).
+			Msg(discoveryMessage(e.Kind))
+	}
+}
+
+func discoveryMessage(k fleet.EventKind) string {
+	switch k {
+	case fleet.EventFound:
+		return "backend found in DNS; probing it before it takes requests"
+	case fleet.EventJoined:
+		return "discovered backend answered its probes; it takes requests"
+	case fleet.EventLeft:
+		return "backend gone from DNS; it takes no new request and drains"
+	case fleet.EventReturned:
+		return "draining backend is in DNS again; it takes requests again"
+	case fleet.EventClosed:
+		return "backend gone from DNS has no request left; its pool is closed"
+	case fleet.EventLookupFailed:
+		return "DNS lookup failed; the backends stay as they were"
+	}
+	return "discovered backend not added"
 }
 
 func healthcheckCommand(args []string, stderr io.Writer) int {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"reflect"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -364,7 +365,7 @@ func TestPoolsFleetJSON(t *testing.T) {
 		{"b.breaker.state", b.Breaker.State, "open"}, {"b.breaker.consecutive_failures", b.Breaker.ConsecutiveFailures, 5},
 		{"b.breaker.open_until", b.Breaker.OpenUntil != nil, true}, {"b.breaker.opens", b.Breaker.Opens, int64(1)},
 		{"b.failures", b.Failures, 5},
-		{"routing", doc.Routing != nil && *doc.Routing == RoutingView{Policy: "model_aware", NoBackend: 2, ModelMissing: 5}, true},
+		{"routing", doc.Routing != nil && reflect.DeepEqual(*doc.Routing, RoutingView{Policy: "model_aware", NoBackend: 2, ModelMissing: 5}), true},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
@@ -427,5 +428,41 @@ func TestNewNeedsSources(t *testing.T) {
 				t.Fatalf("New: err = %v, want ok %v", err, tc.ok)
 			}
 		})
+	}
+}
+
+// TestPoolsDiscoveryJSON: upstreams found in DNS are listed under
+// routing.discovery with their backends by state and their lookups.
+func TestPoolsDiscoveryJSON(t *testing.T) {
+	var ready atomic.Bool
+	ready.Store(true)
+	src := fakeSources(&ready)
+	now := time.Now()
+	src.Pools = nil
+	src.Fleet = func() fleet.Snapshot {
+		s := fakeFleet(now)
+		s.Discovery = []fleet.GroupSnapshot{{
+			Name: "ollama", Backends: []string{"10.0.0.1:11434"}, Joining: []string{"10.0.0.3:11434"},
+			Lookups: 12, LookupFailures: 2, LastLookup: now, LastError: "A/AAAA ollama: SERVFAIL",
+		}}
+		return s
+	}
+	base := startAdmin(t, "127.0.0.1:0", src)
+	r := get(t, "GET", base+"/admin/resources/pools", "", map[string]string{"X-API-Key": testKey})
+	var doc struct {
+		Routing struct {
+			Discovery []map[string]any `json:"discovery"`
+		} `json:"routing"`
+	}
+	if err := json.Unmarshal(r.body, &doc); err != nil || len(doc.Routing.Discovery) != 1 {
+		t.Fatalf("decode: %v; body %s", err, r.body)
+	}
+	d := doc.Routing.Discovery[0]
+	want := map[string]any{
+		"name": "ollama", "backends": []any{"10.0.0.1:11434"}, "joining": []any{"10.0.0.3:11434"}, "draining": []any{},
+		"lookups": 12.0, "lookup_failures": 2.0, "last_lookup": now.UTC().Format(time.RFC3339Nano), "last_error": "A/AAAA ollama: SERVFAIL",
+	}
+	if !reflect.DeepEqual(d, want) {
+		t.Errorf("discovery = %v, want %v", d, want)
 	}
 }

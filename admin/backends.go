@@ -77,6 +77,23 @@ type RoutingView struct {
 	NoBackend int64 `json:"no_backend"`
 	// ModelMissing: requests answered 404 because no backend has the model.
 	ModelMissing int64 `json:"model_missing"`
+	// Discovery lists the upstreams found in DNS (left out without).
+	Discovery []DiscoveryView `json:"discovery,omitempty"`
+}
+
+// DiscoveryView is one upstream found in DNS: its backends by state and
+// its lookups.
+type DiscoveryView struct {
+	Name string `json:"name"`
+	// Backends take requests; Joining are probed before they do; Draining
+	// are gone from DNS and finish their open requests.
+	Backends       []string `json:"backends"`
+	Joining        []string `json:"joining"`
+	Draining       []string `json:"draining"`
+	Lookups        int64    `json:"lookups"`
+	LookupFailures int64    `json:"lookup_failures"`
+	LastLookup     *string  `json:"last_lookup"`
+	LastError      string   `json:"last_error,omitempty"`
 }
 
 // NewBackendView converts a backend's snapshot to its JSON view; now dates
@@ -119,6 +136,12 @@ func fleetView(s fleet.Snapshot, now time.Time) PoolsResponse {
 	}
 	for _, b := range s.Backends {
 		r.Pools = append(r.Pools, NewBackendView(b, now))
+	}
+	for _, g := range s.Discovery {
+		r.Routing.Discovery = append(r.Routing.Discovery, DiscoveryView{
+			Name: g.Name, Backends: nonNil(g.Backends), Joining: nonNil(g.Joining), Draining: nonNil(g.Draining),
+			Lookups: g.Lookups, LookupFailures: g.LookupFailures, LastLookup: timestamp(g.LastLookup), LastError: g.LastError,
+		})
 	}
 	if len(r.Pools) > 0 {
 		r.PoolView = r.Pools[0].PoolView

@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/url"
@@ -12,7 +13,11 @@ import (
 	"github.com/vega-gateway/vega-gateway/pool"
 )
 
-// MaxBackends bounds a fleet: a request's tried backends are a bit set.
+// MaxBackends bounds a fleet, discovered and draining backends included:
+// a request's tried backends are a bit set of one word, so that choosing
+// costs no memory. A discovered backend past the bound is not added (and
+// the lookup says so); 64 Ollama servers behind one gateway replica is past
+// what one replica's connection bounds serve well.
 const MaxBackends = 64
 
 // Member is one backend as configured.
@@ -30,9 +35,27 @@ type Member struct {
 // Fleet is the set of backends and the policy that chooses among them. Its
 // methods are safe for concurrent use; none holds a lock across I/O.
 type Fleet struct {
-	cfg      Config
-	backends []*Backend
-	byName   map[string]*Backend
+	cfg Config
+	// cur is the backends that take requests: an immutable view, replaced
+	// whole when discovery changes membership, so the request path reads it
+	// with one atomic load and no lock.
+	cur atomic.Pointer[view]
+	// single: one configured backend and no discovery; it takes every
+	// request, as the pool alone would. only is that backend (nil
+	// otherwise), read by Pick without loading the view.
+	single bool
+	only   *Backend
+	// static are the configured backends, in configuration order.
+	static []*Backend
+	groups []*group
+	// mu guards membership changes (the discovered backends' states, the
+	// groups' maps, used, closed) and serialises publishing cur. It is
+	// never taken on the request path.
+	mu sync.Mutex
+	// used marks the slots (Bit) held by backends, draining ones included.
+	used uint64
+	// closed: Close was called; discovery adds nothing more.
+	closed bool
 	// rr is the round_robin policy's cursor.
 	rr atomic.Uint64
 	// noBackend counts picks that found no usable backend.
@@ -53,8 +76,16 @@ type Backend struct {
 	Name   string
 	Weight int
 	Pool   *pool.Pool
-	index  int
-	f      *Fleet
+	// slot is the backend's bit in a request's Tried set, held from its
+	// creation until its pool is closed.
+	slot int
+	f    *Fleet
+	// grp is the discovery group that found it (nil: configured); state,
+	// stop and removedAt are its life cycle there, under f.mu.
+	grp       *group
+	state     memberState
+	stop      context.CancelFunc
+	removedAt time.Time
 	// hash is nameHash(Name), for rendezvous hashing.
 	hash uint64
 
@@ -83,20 +114,22 @@ type Backend struct {
 // for further names (a client inventing model names) share one counter.
 const maxTrackedModels = 256
 
-// New validates cfg and the members and builds the fleet. It starts
-// nothing: Run refreshes catalogues and probes health.
-func New(cfg Config, members []Member) (*Fleet, error) {
+// New validates cfg, the members and the discovery groups and builds the
+// fleet. It starts nothing: Run refreshes catalogues, probes health and
+// runs discovery. A fleet of groups alone starts with no backend.
+func New(cfg Config, members []Member, groups ...Group) (*Fleet, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	if len(members) == 0 {
+	if len(members) == 0 && len(groups) == 0 {
 		return nil, errors.New("upstreams: no backend configured")
 	}
 	if len(members) > MaxBackends {
 		return nil, fmt.Errorf("upstreams: at most %d backends, got %d", MaxBackends, len(members))
 	}
-	f := &Fleet{cfg: cfg, byName: map[string]*Backend{}}
+	f := &Fleet{cfg: cfg, single: len(members) == 1 && len(groups) == 0}
+	byName := map[string]*Backend{}
 	urls := map[string]bool{}
 	for i, m := range members {
 		if m.Pool == nil {
@@ -115,7 +148,7 @@ func New(cfg Config, members []Member) (*Fleet, error) {
 		if m.Name != "" && !validName(name) {
 			return nil, fmt.Errorf("upstreams[%d].name: %q must be 1-64 letters, digits or .-_:", i, name)
 		}
-		if f.byName[name] != nil {
+		if byName[name] != nil {
 			return nil, fmt.Errorf("upstreams[%d].name: %q is used twice", i, name)
 		}
 		u := strings.TrimSuffix(strings.ToLower(m.Pool.URL()), "/")
@@ -123,12 +156,26 @@ func New(cfg Config, members []Member) (*Fleet, error) {
 			return nil, fmt.Errorf("upstreams[%d].url: %s is used twice", i, m.Pool.URL())
 		}
 		urls[u] = true
-		b := &Backend{Name: name, Weight: m.Weight, Pool: m.Pool, index: i, f: f, hash: nameHash(name), perModel: map[string]*atomic.Int64{}}
-		b.cat.init()
-		f.backends = append(f.backends, b)
-		f.byName[name] = b
+		b := f.newBackend(name, m.Weight, m.Pool, i)
+		b.state = stateMember
+		f.static = append(f.static, b)
+		byName[name] = b
 	}
+	if f.single {
+		f.only = f.static[0]
+	}
+	if err := f.addGroups(groups, byName); err != nil {
+		return nil, err
+	}
+	f.publish()
 	return f, nil
+}
+
+func (f *Fleet) newBackend(name string, weight int, p *pool.Pool, slot int) *Backend {
+	b := &Backend{Name: name, Weight: weight, Pool: p, slot: slot, f: f, hash: nameHash(name), perModel: map[string]*atomic.Int64{}}
+	b.cat.init()
+	f.used |= 1 << uint(slot)
+	return b
 }
 
 // defaultName is a backend's name when none is configured: its host:port.
@@ -155,21 +202,35 @@ func validName(s string) bool {
 // Config returns the routing configuration in force, defaults applied.
 func (f *Fleet) Config() Config { return f.cfg }
 
-// Len is the number of backends.
-func (f *Fleet) Len() int { return len(f.backends) }
+// Len is the number of backends taking requests now.
+func (f *Fleet) Len() int { return len(f.cur.Load().list) }
 
-// Backends lists the backends in configuration order.
-func (f *Fleet) Backends() []*Backend { return f.backends }
+// Single reports a fleet of one configured backend and no discovery: that
+// backend takes every request, with no catalogue and no failover, as its
+// pool alone would.
+func (f *Fleet) Single() bool { return f.single }
 
-// First is the first configured backend: the one a single-backend gateway
-// has, and the one whose pool the seed fields of /admin/resources/pools show.
-func (f *Fleet) First() *Backend { return f.backends[0] }
+// Backends lists the backends taking requests now: the configured ones in
+// configuration order, then the discovered ones by group and name. The
+// slice is shared and must not be modified.
+func (f *Fleet) Backends() []*Backend { return f.cur.Load().list }
 
-// Lookup finds a backend by name (X-Vega-Backend); nil if none.
-func (f *Fleet) Lookup(name string) *Backend { return f.byName[name] }
+// First is the first backend taking requests (nil if none): the one a
+// single-backend gateway has, and the one whose pool the seed fields of
+// /admin/resources/pools show.
+func (f *Fleet) First() *Backend {
+	if l := f.cur.Load().list; len(l) > 0 {
+		return l[0]
+	}
+	return nil
+}
+
+// Lookup finds a backend taking requests by name (X-Vega-Backend); nil if
+// none.
+func (f *Fleet) Lookup(name string) *Backend { return f.cur.Load().byName[name] }
 
 // Bit is the backend's bit in a Request's Tried set.
-func (b *Backend) Bit() uint64 { return 1 << uint(b.index) }
+func (b *Backend) Bit() uint64 { return 1 << uint(b.slot) }
 
 // Outstanding is the number of requests sent to b and not yet finished.
 func (b *Backend) Outstanding() int64 { return b.outstanding.Load() }

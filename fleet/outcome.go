@@ -100,7 +100,7 @@ func (b *Backend) serviceEstimate() time.Duration {
 	}
 	var sum time.Duration
 	n := 0
-	for _, o := range b.f.backends {
+	for _, o := range b.f.cur.Load().list {
 		if o.svcMean.n.Load() > 0 {
 			sum += o.svcMean.value()
 			n++

@@ -87,10 +87,10 @@ func (s set) has(b *Backend) bool { return s&set(b.Bit()) != 0 }
 func (s set) count() int          { return bits.OnesCount64(uint64(s)) }
 
 // filter keeps the members for which keep is true.
-func (f *Fleet) filter(s set, keep func(*Backend) bool) set {
+func (v *view) filter(s set, keep func(*Backend) bool) set {
 	var out set
 	for rest := s; rest != 0; rest &= rest - 1 {
-		if b := f.backends[bits.TrailingZeros64(uint64(rest))]; keep(b) {
+		if b := v.slot[bits.TrailingZeros64(uint64(rest))]; keep(b) {
 			out |= set(b.Bit())
 		}
 	}
@@ -98,10 +98,10 @@ func (f *Fleet) filter(s set, keep func(*Backend) bool) set {
 }
 
 // nth is the member of rank n (0-based) in index order.
-func (f *Fleet) nth(s set, n int) *Backend {
+func (v *view) nth(s set, n int) *Backend {
 	for rest := s; rest != 0; rest &= rest - 1 {
 		if n == 0 {
-			return f.backends[bits.TrailingZeros64(uint64(rest))]
+			return v.slot[bits.TrailingZeros64(uint64(rest))]
 		}
 		n--
 	}
@@ -109,24 +109,24 @@ func (f *Fleet) nth(s set, n int) *Backend {
 }
 
 // Pick chooses the backend for one attempt of a request. It reads only
-// atomics and copy-on-write catalogues: no lock, no I/O. With one backend it
-// returns it (ReasonOnly) unless already tried, whatever its state, so a
-// single-backend gateway behaves as its pool does.
+// atomics, copy-on-write catalogues and the membership view: no lock, no
+// I/O. With one configured backend (Single) it returns it (ReasonOnly)
+// unless already tried, whatever its state, so a single-backend gateway
+// behaves as its pool does.
 func (f *Fleet) Pick(r Request) (*Backend, Reason, error) {
-	if len(f.backends) == 1 {
-		b := f.backends[0]
+	if b := f.only; b != nil {
 		if r.Tried&b.Bit() != 0 {
 			return nil, 0, ErrNoBackend
 		}
 		b.picks[ReasonOnly].Add(1)
 		return b, ReasonOnly, nil
 	}
-	return f.pickAmong(r)
+	return f.pickAmong(f.cur.Load(), r)
 }
 
 // pickAmong is Pick for a fleet of several, kept apart so that the single
 // backend's path stays a few instructions and a small frame.
-func (f *Fleet) pickAmong(r Request) (*Backend, Reason, error) {
+func (f *Fleet) pickAmong(v *view, r Request) (*Backend, Reason, error) {
 	now := time.Now()
 	model := ""
 	if r.Model != "" {
@@ -134,7 +134,7 @@ func (f *Fleet) pickAmong(r Request) (*Backend, Reason, error) {
 	}
 	var cands set
 	usable := 0
-	for _, b := range f.backends {
+	for _, b := range v.list {
 		if r.Tried&b.Bit() != 0 || !b.Usable() {
 			continue
 		}
@@ -153,7 +153,7 @@ func (f *Fleet) pickAmong(r Request) (*Backend, Reason, error) {
 		return nil, 0, ErrNoBackend
 	}
 	// A backend that just answered "server busy" is a last resort.
-	if idle := f.filter(cands, func(b *Backend) bool { return b.busyUntil.Load() < now.UnixNano() }); idle != 0 {
+	if idle := v.filter(cands, func(b *Backend) bool { return b.busyUntil.Load() < now.UnixNano() }); idle != 0 {
 		cands = idle
 	}
 	var (
@@ -162,11 +162,11 @@ func (f *Fleet) pickAmong(r Request) (*Backend, Reason, error) {
 	)
 	switch {
 	case f.cfg.Policy == PolicyRoundRobin:
-		b, reason = f.roundRobin(cands), ReasonRoundRobin
+		b, reason = f.roundRobin(v, cands), ReasonRoundRobin
 	case f.cfg.Policy == PolicyLeastLoaded || model == "" || !r.Inference:
-		b, reason = f.leastLoaded(cands), ReasonLeastLoaded
+		b, reason = v.leastLoaded(cands), ReasonLeastLoaded
 	default:
-		b, reason = f.modelAware(cands, model, r.Conversation)
+		b, reason = f.modelAware(v, cands, model, r.Conversation)
 	}
 	if r.Tried != 0 {
 		reason = ReasonFailover
@@ -178,7 +178,7 @@ func (f *Fleet) pickAmong(r Request) (*Backend, Reason, error) {
 // Pin returns the named backend for a pinned request, counted as such; nil
 // if there is none by that name.
 func (f *Fleet) Pin(name string) *Backend {
-	b := f.byName[name]
+	b := f.cur.Load().byName[name]
 	if b != nil {
 		b.picks[ReasonPinned].Add(1)
 	}
@@ -189,27 +189,27 @@ func (f *Fleet) Pin(name string) *Backend {
 // (by conversation if there is one, else the least loaded); if every warm
 // one is saturated and a cold one exists, the cold one that loses least by
 // loading the model; else the saturated warm ones.
-func (f *Fleet) modelAware(cands set, model string, conv Conversation) (*Backend, Reason) {
-	warm := f.filter(cands, func(b *Backend) bool { return b.cat.loaded(model) })
-	ready := f.filter(warm, func(b *Backend) bool { return !f.saturated(b, model) })
+func (f *Fleet) modelAware(v *view, cands set, model string, conv Conversation) (*Backend, Reason) {
+	warm := v.filter(cands, func(b *Backend) bool { return b.cat.loaded(model) })
+	ready := v.filter(warm, func(b *Backend) bool { return !f.saturated(b, model) })
 	if ready != 0 {
 		if conv.Key != 0 {
-			return f.affinity(ready, conv), ReasonAffinity
+			return f.affinity(v, ready, conv), ReasonAffinity
 		}
-		return f.leastLoaded(ready), ReasonLoaded
+		return v.leastLoaded(ready), ReasonLoaded
 	}
 	// Every warm backend is saturated, or none is warm. A cold load goes
 	// where it evicts no model in use; if that is nowhere and the model is
 	// warm somewhere, its queue there is the lesser evil: an eviction of a
 	// busy model only moves the load to that model's next request.
 	cold := cands &^ warm
-	free := f.filter(cold, (*Backend).evictsNobody)
+	free := v.filter(cold, (*Backend).evictsNobody)
 	switch {
 	case free == 0 && warm != 0:
 		if conv.Key != 0 {
-			return f.affinity(warm, conv), ReasonAffinity
+			return f.affinity(v, warm, conv), ReasonAffinity
 		}
-		return f.leastLoaded(warm), ReasonLoaded
+		return v.leastLoaded(warm), ReasonLoaded
 	case free == 0:
 		free = cold
 	}
@@ -218,10 +218,10 @@ func (f *Fleet) modelAware(cands set, model string, conv Conversation) (*Backend
 	// the first one's mark and go to that backend.
 	f.coldMu.Lock()
 	defer f.coldMu.Unlock()
-	if w := f.filter(cands, func(b *Backend) bool { return b.cat.loaded(model) && !f.saturated(b, model) }); w != 0 {
-		return f.leastLoaded(w), ReasonLoaded
+	if w := v.filter(cands, func(b *Backend) bool { return b.cat.loaded(model) && !f.saturated(b, model) }); w != 0 {
+		return v.leastLoaded(w), ReasonLoaded
 	}
-	b := f.coldChoice(free)
+	b := v.coldChoice(free)
 	// Later requests for the model come here too while it loads, instead
 	// of loading it everywhere at once; the next refresh corrects this if
 	// the load fails.
@@ -257,10 +257,10 @@ func (f *Fleet) saturated(b *Backend, model string) bool {
 // coldChoice picks where to load a model: the backend with the fewest
 // outstanding requests per weight (its loaded models are the likeliest to
 // be idle, so evicting one delays nobody), then the fewest loaded models.
-func (f *Fleet) coldChoice(s set) *Backend {
+func (v *view) coldChoice(s set) *Backend {
 	var best *Backend
 	for rest := s; rest != 0; rest &= rest - 1 {
-		b := f.backends[bits.TrailingZeros64(uint64(rest))]
+		b := v.slot[bits.TrailingZeros64(uint64(rest))]
 		if best == nil {
 			best = b
 			continue
@@ -294,11 +294,11 @@ func less(a, b *Backend) int {
 // exact, so the herd that a strict minimum draws over stale, shared load
 // reports (what the power of two choices guards against) cannot form; over
 // a handful of backends the full minimum balances better than two samples.
-func (f *Fleet) leastLoaded(s set) *Backend {
+func (v *view) leastLoaded(s set) *Backend {
 	var best *Backend
 	ties := 0
 	for rest := s; rest != 0; rest &= rest - 1 {
-		b := f.backends[bits.TrailingZeros64(uint64(rest))]
+		b := v.slot[bits.TrailingZeros64(uint64(rest))]
 		if best == nil {
 			best, ties = b, 1
 			continue
@@ -317,15 +317,15 @@ func (f *Fleet) leastLoaded(s set) *Backend {
 }
 
 // roundRobin is weighted round robin over the candidates.
-func (f *Fleet) roundRobin(s set) *Backend {
+func (f *Fleet) roundRobin(v *view, s set) *Backend {
 	total := 0
 	for rest := s; rest != 0; rest &= rest - 1 {
-		total += f.backends[bits.TrailingZeros64(uint64(rest))].Weight
+		total += v.slot[bits.TrailingZeros64(uint64(rest))].Weight
 	}
 	t := int(f.rr.Add(1) % uint64(total))
 	var b *Backend
 	for rest := s; rest != 0; rest &= rest - 1 {
-		b = f.backends[bits.TrailingZeros64(uint64(rest))]
+		b = v.slot[bits.TrailingZeros64(uint64(rest))]
 		if t < b.Weight {
 			return b
 		}
@@ -348,10 +348,10 @@ func (f *Fleet) roundRobin(s set) *Backend {
 // factor). While
 // loads are even every replica sends a conversation to the same backend;
 // a hot conversation or system prompt cannot pile onto one backend.
-func (f *Fleet) affinity(s set, conv Conversation) *Backend {
+func (f *Fleet) affinity(v *view, s set, conv Conversation) *Backend {
 	var total, weights int64
 	for rest := s; rest != 0; rest &= rest - 1 {
-		b := f.backends[bits.TrailingZeros64(uint64(rest))]
+		b := v.slot[bits.TrailingZeros64(uint64(rest))]
 		total += b.outstanding.Load()
 		weights += int64(b.Weight)
 	}
@@ -361,7 +361,7 @@ func (f *Fleet) affinity(s set, conv Conversation) *Backend {
 		var best *Backend
 		bestScore := math.Inf(-1)
 		for rest := left; rest != 0; rest &= rest - 1 {
-			b := f.backends[bits.TrailingZeros64(uint64(rest))]
+			b := v.slot[bits.TrailingZeros64(uint64(rest))]
 			if sc := rendezvousScore(conv.Key, b); sc > bestScore {
 				best, bestScore = b, sc
 			}
@@ -376,7 +376,7 @@ func (f *Fleet) affinity(s set, conv Conversation) *Backend {
 		}
 		left &^= set(best.Bit())
 	}
-	return f.leastLoaded(s)
+	return v.leastLoaded(s)
 }
 
 // rendezvousScore is the weighted rendezvous score -w/ln(u), u uniform in

@@ -118,10 +118,10 @@ func TestPickColdLoadEvictsNoModelInUse(t *testing.T) {
 func TestAffinityKeepsConversationAtLowLoad(t *testing.T) {
 	f := testFleet(t, Config{}, 1, 1, 1)
 	key := Conversation{Key: 7, Continues: true}
-	home := f.affinity(all(f), key)
+	home := f.affinity(f.cur.Load(), all(f), key)
 	home.Start("m")
 	home.Start("m") // two in flight, the others idle: under saturated_at (4)
-	if got := f.affinity(all(f), key); got != home {
+	if got := f.affinity(f.cur.Load(), all(f), key); got != home {
 		t.Fatalf("conversation moved to %s at 2 outstanding", got.Name)
 	}
 }
@@ -220,7 +220,7 @@ func TestAffinitySameAcrossReplicasAndBounded(t *testing.T) {
 	b := testFleet(t, Config{}, 1, 1, 1) // another replica: same names, no shared state
 	counts := map[string]int{}
 	for k := uint64(1); k <= 3000; k++ {
-		x, y := a.affinity(all(a), Conversation{Key: k}), b.affinity(all(b), Conversation{Key: k})
+		x, y := a.affinity(a.cur.Load(), all(a), Conversation{Key: k}), b.affinity(b.cur.Load(), all(b), Conversation{Key: k})
 		if x.Name != y.Name {
 			t.Fatalf("key %d: replicas disagree: %s vs %s", k, x.Name, y.Name)
 		}
@@ -234,11 +234,11 @@ func TestAffinitySameAcrossReplicasAndBounded(t *testing.T) {
 	// The key's backend is passed over once it carries more than its
 	// bounded share.
 	key := Conversation{Key: 42, Continues: true}
-	home := a.affinity(all(a), key)
+	home := a.affinity(a.cur.Load(), all(a), key)
 	for range 10 {
 		home.Start("m")
 	}
-	if got := a.affinity(all(a), key); got == home {
+	if got := a.affinity(a.cur.Load(), all(a), key); got == home {
 		t.Fatalf("key stayed on %s with 10 outstanding and the others idle", home.Name)
 	}
 }
@@ -247,7 +247,7 @@ func TestAffinityFollowsWeight(t *testing.T) {
 	f := testFleet(t, Config{}, 1, 3)
 	counts := map[string]int{}
 	for k := uint64(1); k <= 4000; k++ {
-		counts[f.affinity(all(f), Conversation{Key: k}).Name]++
+		counts[f.affinity(f.cur.Load(), all(f), Conversation{Key: k}).Name]++
 	}
 	if n := counts["b1"]; n < 2700 || n > 3300 {
 		t.Fatalf("weight 3 of 4 got %d of 4000 keys", n)

@@ -9,14 +9,15 @@ import (
 )
 
 // Run probes every backend's health (its pool's prober) and refreshes its
-// catalogue every RefreshInterval, sooner when asked, until ctx is done;
-// then it returns, once every goroutine it started has. observe (may be
-// nil) is told of each backend's health transitions, as pool.RunHealth
-// tells them. With one backend no catalogue is fetched: a single backend
-// is routed to whatever it holds.
+// catalogue every RefreshInterval, sooner when asked, and runs each
+// discovery group's lookups, until ctx is done; then it returns, once
+// every goroutine it started has. observe (may be nil) is told of each
+// backend's health transitions, as pool.RunHealth tells them, discovered
+// backends' included. A Single fleet fetches no catalogue: its backend is
+// routed to whatever it holds.
 func (f *Fleet) Run(ctx context.Context, observe func(b *Backend, ch pool.HealthChange)) {
 	var wg sync.WaitGroup
-	for _, b := range f.backends {
+	for _, b := range f.static {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -26,19 +27,29 @@ func (f *Fleet) Run(ctx context.Context, observe func(b *Backend, ch pool.Health
 			}
 			b.Pool.RunHealth(ctx, obs)
 		}()
-		if len(f.backends) > 1 {
+		if !f.single {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				b.runCatalogue(ctx)
+				b.runCatalogue(ctx, nil)
 			}()
 		}
+	}
+	// Each group's goroutine adds the goroutines of the backends it finds
+	// to wg while holding its own count, so Wait cannot return early.
+	for _, g := range f.groups {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f.runGroup(ctx, g, &wg, observe)
+		}()
 	}
 	wg.Wait()
 }
 
-// runCatalogue refreshes b's catalogue until ctx is done.
-func (b *Backend) runCatalogue(ctx context.Context) {
+// runCatalogue refreshes b's catalogue until ctx is done; after each
+// fetch, refreshed (may be nil) is told whether the backend answered.
+func (b *Backend) runCatalogue(ctx context.Context, refreshed func(ok bool)) {
 	cfg := &b.f.cfg
 	timeout := min(max(cfg.RefreshInterval, time.Second), b.Pool.HealthTimeout())
 	ft, err := newFetcher(b.Pool.URL(), timeout)
@@ -51,6 +62,9 @@ func (b *Backend) runCatalogue(ctx context.Context) {
 	for {
 		ok := b.refresh(ft)
 		b.breaker.probed(cfg, ok, time.Now())
+		if refreshed != nil {
+			refreshed(ok)
+		}
 		select {
 		case <-ctx.Done():
 			return

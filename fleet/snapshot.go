@@ -45,15 +45,18 @@ type Snapshot struct {
 	// those answered 404 because no backend has the model.
 	NoBackend    int64
 	ModelMissing int64
+	// Discovery are the upstreams found in DNS (none without discovery).
+	Discovery []GroupSnapshot
 }
 
 // Snapshot reads every backend's state. It takes each catalogue view and
 // breaker briefly; cheap enough for an admin poll or a scrape.
 func (f *Fleet) Snapshot() Snapshot {
 	s := Snapshot{Policy: f.cfg.Policy, NoBackend: f.noBackend.Load(), ModelMissing: f.modelMissing.Load()}
-	for _, b := range f.backends {
+	for _, b := range f.cur.Load().list {
 		s.Backends = append(s.Backends, b.Snapshot())
 	}
+	s.Discovery = f.groupSnapshots()
 	return s
 }
 
@@ -89,5 +92,57 @@ func sortedKeys(m map[string]bool) []string {
 		out = append(out, k)
 	}
 	slices.Sort(out)
+	return out
+}
+
+func sortStrings(lists ...[]string) {
+	for _, l := range lists {
+		slices.Sort(l)
+	}
+}
+
+// GroupSnapshot is one discovery group's state.
+type GroupSnapshot struct {
+	Name string
+	// Backends take requests; Joining are probed before they do;
+	// Draining are gone from DNS with requests still open. Names, sorted.
+	Backends, Joining, Draining []string
+	// Lookups and LookupFailures count lookups since start.
+	Lookups, LookupFailures int64
+	// LastLookup is when the last lookup ended; LastError its error ("" if
+	// it succeeded).
+	LastLookup time.Time
+	LastError  string
+}
+
+func (f *Fleet) groupSnapshots() []GroupSnapshot {
+	if len(f.groups) == 0 {
+		return nil
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]GroupSnapshot, 0, len(f.groups))
+	for _, g := range f.groups {
+		s := GroupSnapshot{Name: g.Name, Backends: []string{}, Joining: []string{}, Draining: []string{},
+			Lookups: g.lookups.Load(), LookupFailures: g.failures.Load()}
+		if ns := g.lastLookup.Load(); ns != 0 {
+			s.LastLookup = time.Unix(0, ns)
+		}
+		if e := g.lastErr.Load(); e != nil {
+			s.LastError = *e
+		}
+		for _, b := range g.members {
+			if b.state == stateMember {
+				s.Backends = append(s.Backends, b.Name)
+			} else {
+				s.Joining = append(s.Joining, b.Name)
+			}
+		}
+		for b := range g.draining {
+			s.Draining = append(s.Draining, b.Name)
+		}
+		sortStrings(s.Backends, s.Joining, s.Draining)
+		out = append(out, s)
+	}
 	return out
 }

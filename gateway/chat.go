@@ -354,7 +354,7 @@ func (g *Gateway) serveChat(ctx *fasthttp.RequestCtx, x *exchange) bool {
 	}
 
 	t := target{Request: fleet.Request{Model: up.Model, NeedModel: true, Inference: true}}
-	if g.fleet.Len() > 1 {
+	if !g.fleet.Single() {
 		t.Conversation = fleet.ConversationKey(fleet.VegaChat, up.Model, body)
 	}
 	if b, e, ok := g.pinnedBackend(ctx, x); !ok {

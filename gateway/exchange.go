@@ -223,8 +223,10 @@ func (x *exchange) finish() {
 			e.Str("upstream", x.up.URL()).Str("backend", x.backend.Name).RawJSON("route_reason", x.scratch).Int("attempts", x.attempts)
 		case x.attempts > 0: // fleet-wide: every backend answered
 			e.Str("upstream", upstreamFleet).Int("attempts", x.attempts)
-		default: // refused before any backend was chosen
+		case g.pool != nil: // refused before any backend was chosen
 			e.Str("upstream", g.pool.URL())
+		default: // the same, with no configured backend
+			e.Str("upstream", upstreamFleet)
 		}
 		if x.upstreamStatus != 0 {
 			e.Int("upstream_status", x.upstreamStatus)

@@ -111,6 +111,11 @@ func (g *Gateway) serveFleetWide(ctx *fasthttp.RequestCtx, x *exchange, _ routeT
 	for _, b := range g.fleet.Backends() {
 		f.calls = append(f.calls, &backendCall{b: b})
 	}
+	if len(f.calls) == 0 { // discovery has found none yet
+		e, _ := fleetError(fleet.ErrNoBackend, "")
+		g.reject(ctx, x, e)
+		return false
+	}
 	f.buildRequests(ctx, keyInAuthorization)
 	if (name == "/api/pull" || name == "/api/create") && streamed(f.body) {
 		return f.serveProgress(ctx)

@@ -34,11 +34,11 @@ type target struct {
 	pinned *fleet.Backend
 }
 
-// pinnedBackend reads X-Vega-Backend: nil without it (or with one
-// backend); an error for a key without models:manage (403) or an unknown
+// pinnedBackend reads X-Vega-Backend: nil without it (or with a Single
+// fleet); an error for a key without models:manage (403) or an unknown
 // name (400).
 func (g *Gateway) pinnedBackend(ctx *fasthttp.RequestCtx, x *exchange) (*fleet.Backend, apiError, bool) {
-	if g.fleet.Len() == 1 {
+	if g.fleet.Single() {
 		return nil, apiError{}, true // nothing to choose: the header is dropped
 	}
 	name := ctx.Request.Header.Peek(HeaderBackend)
@@ -68,7 +68,7 @@ func (g *Gateway) pinnedBackend(ctx *fasthttp.RequestCtx, x *exchange) (*fleet.B
 // until finish. With one backend this is the pool's own behaviour.
 func (g *Gateway) send(x *exchange, t target, req *fasthttp.Request, resp *fasthttp.Response) (release func(), err error) {
 	maxAttempts := g.fleet.Config().MaxAttempts
-	if g.fleet.Len() == 1 || t.pinned != nil {
+	if g.fleet.Single() || t.pinned != nil {
 		maxAttempts = 1
 	}
 	var last error
@@ -100,7 +100,7 @@ func (g *Gateway) send(x *exchange, t target, req *fasthttp.Request, resp *fasth
 			return nil, err
 		}
 		var ticket fleet.Ticket
-		if g.fleet.Len() > 1 && !x.route.manage {
+		if !g.fleet.Single() && !x.route.manage {
 			// Model management is not load: a pull would count as one
 			// request for minutes and skew the service-time estimate.
 			model := ""
@@ -162,9 +162,13 @@ func refusalOutcome(res fleet.Result) string {
 	return outcomeUpstreamReset
 }
 
-// retryableAdmission: the pool refused the request before sending it.
+// retryableAdmission: the pool refused the request before sending it. A
+// closed pool is a backend that left the fleet (discovery) between the
+// choice and the send, or a gateway shutting down, where the next choice
+// finds no backend.
 func retryableAdmission(err error) bool {
-	return errors.Is(err, pool.ErrPoolExhausted) || errors.Is(err, pool.ErrQueueFull) || errors.Is(err, pool.ErrUnhealthy)
+	return errors.Is(err, pool.ErrPoolExhausted) || errors.Is(err, pool.ErrQueueFull) || errors.Is(err, pool.ErrUnhealthy) ||
+		errors.Is(err, pool.ErrClosed)
 }
 
 // retryableUpstream: the request reached no backend, or the backend went
@@ -216,7 +220,7 @@ func fleetError(err error, model string) (apiError, bool) {
 // endTicket tells the fleet how the request ended on its backend; after
 // model management on a pinned backend, its catalogue is fetched again.
 func (x *exchange) endTicket() {
-	if x.route.manage && x.backend != nil && x.g.fleet.Len() > 1 {
+	if x.route.manage && x.backend != nil && !x.g.fleet.Single() {
 		x.backend.RefreshCatalogue()
 	}
 	if x.ticket.Backend() == nil {
@@ -272,7 +276,7 @@ func (g *Gateway) targetOf(ctx *fasthttp.RequestCtx, x *exchange) (routeTarget, 
 		return t, e, false
 	}
 	t.pinned = pinned
-	if g.fleet.Len() == 1 || pinned != nil {
+	if g.fleet.Single() || pinned != nil {
 		return t, apiError{}, true
 	}
 	name := x.route.name

@@ -26,7 +26,8 @@ type Gateway struct {
 	keys  atomic.Pointer[Keyring]
 	fleet *fleet.Fleet
 	// pool is the first backend's pool: the upstream named in the log for
-	// a request refused before a backend was chosen.
+	// a request refused before a backend was chosen (nil for a fleet that
+	// starts empty, found by discovery).
 	pool     *pool.Pool
 	log      zerolog.Logger
 	server   *fasthttp.Server
@@ -99,13 +100,16 @@ func New(cfg Config, chat ChatConfig, auth AuthConfig, backends *fleet.Fleet, lo
 	if auth.MaxFailuresPerIP < 0 {
 		return nil, errors.New("auth.max_failures_per_ip: must not be negative")
 	}
-	g := &Gateway{cfg: cfg, chat: chat, auth: auth, fleet: backends, pool: backends.First().Pool, log: log, closing: make(chan struct{}),
+	g := &Gateway{cfg: cfg, chat: chat, auth: auth, fleet: backends, log: log, closing: make(chan struct{}),
 		failures: newFailureBudget(auth.MaxFailuresPerIP)}
 	for _, m := range cfg.ModelAllowlist {
 		if g.allowed == nil {
 			g.allowed = map[string]bool{}
 		}
 		g.allowed[normalizeModel(m)] = true
+	}
+	if b := backends.First(); b != nil {
+		g.pool = b.Pool // a fleet of discovery alone starts empty
 	}
 	g.keys.Store(keys)
 	g.server = &fasthttp.Server{

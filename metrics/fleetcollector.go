@@ -8,8 +8,10 @@ import (
 
 // fleetCollector turns fleet snapshots into per-backend metrics at scrape
 // time, so /metrics and /admin/resources/pools read the same counters. The
-// backend label takes the configured names only (at most
-// fleet.MaxBackends), and the reason label fleet's fixed set.
+// backend label takes the names of the backends taking requests now (at
+// most fleet.MaxBackends): a discovered backend's series go when it leaves.
+// The reason label takes fleet's fixed set, discovery the configured
+// upstream names.
 type fleetCollector struct {
 	snapshot func() fleet.Snapshot
 }
@@ -33,7 +35,14 @@ var (
 	descCatalogueErrs   = backendDesc("vega_backend_catalogue_refresh_errors_total", "Catalogue refreshes (GET /api/tags and /api/ps) of the backend that failed.")
 	descNoBackend       = prometheus.NewDesc("vega_routing_no_backend_total", "Requests that found no usable backend (all down, circuit-broken, closed or already tried).", nil, nil)
 	descModelMissing    = prometheus.NewDesc("vega_routing_model_missing_total", "Requests answered 404 without a round trip because no backend has the model installed.", nil, nil)
+	descLookups         = discoveryDesc("vega_discovery_lookups_total", "DNS lookups of the discovered upstream, failed ones included.")
+	descLookupFailures  = discoveryDesc("vega_discovery_lookup_failures_total", "DNS lookups of the discovered upstream that failed (error, timeout, SERVFAIL, no address); the backends stayed as they were.")
+	descDiscovered      = prometheus.NewDesc("vega_discovery_backends", "Backends of the discovered upstream by state: serving (taking requests), joining (found, probed before they do), draining (gone from DNS, requests still open).", []string{"discovery", "state"}, nil)
 )
+
+func discoveryDesc(name, help string) *prometheus.Desc {
+	return prometheus.NewDesc(name, help, []string{"discovery"}, nil)
+}
 
 // RegisterFleet adds per-backend routing series (label backend) read from
 // snapshot at every scrape; snapshot must be cheap and safe for concurrent
@@ -46,6 +55,7 @@ func (c *fleetCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		descOutstanding, descBreakerOpen, descBreakerOpens, descPicks, descColdLoads, descBusy, descBackendFailures,
 		descModelsLoaded, descModelsInst, descCatalogueErrs, descNoBackend, descModelMissing,
+		descLookups, descLookupFailures, descDiscovered,
 	} {
 		ch <- d
 	}
@@ -76,4 +86,11 @@ func (c *fleetCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descNoBackend, prometheus.CounterValue, float64(s.NoBackend))
 	ch <- prometheus.MustNewConstMetric(descModelMissing, prometheus.CounterValue, float64(s.ModelMissing))
+	for _, g := range s.Discovery {
+		ch <- prometheus.MustNewConstMetric(descLookups, prometheus.CounterValue, float64(g.Lookups), g.Name)
+		ch <- prometheus.MustNewConstMetric(descLookupFailures, prometheus.CounterValue, float64(g.LookupFailures), g.Name)
+		for state, names := range map[string][]string{"serving": g.Backends, "joining": g.Joining, "draining": g.Draining} {
+			ch <- prometheus.MustNewConstMetric(descDiscovered, prometheus.GaugeValue, float64(len(names)), g.Name, state)
+		}
+	}
 }

@@ -117,7 +117,11 @@
     if (!routing) { section.hidden = true; return; }
     section.hidden = false;
     $("routing").textContent = "policy " + routing.policy + " · no backend " + fmt(routing.no_backend || 0) +
-      " · model missing " + fmt(routing.model_missing || 0);
+      " · model missing " + fmt(routing.model_missing || 0) +
+      (routing.discovery || []).map(function (d) {
+        return " · dns " + d.name + ": " + fmt(d.backends.length) + " serving, " + fmt(d.joining.length) + " joining, " +
+          fmt(d.draining.length) + " draining, " + fmt(d.lookup_failures) + " failed lookups" + (d.last_error ? " (failing)" : "");
+      }).join("");
     var rows = backends.map(function (b) {
       var h = healthText(b), br = breakerText(b.breaker), models = b.models || {}, cat = b.catalogue || {};
       var out = b.outstanding || {}, byModel = out.by_model || {};
