@@ -12,8 +12,8 @@ import (
 // catalogue every RefreshInterval, sooner when asked, until ctx is done;
 // then it returns, once every goroutine it started has. observe (may be
 // nil) is told of each backend's health transitions, as pool.RunHealth
-// tells them. With one backend no catalogue is fetched: a single backend
-// is routed to whatever it holds.
+// tells them. With one backend no catalogue is fetched (a single backend
+// is routed to whatever it holds) unless TrackDigests asked for it.
 func (f *Fleet) Run(ctx context.Context, observe func(b *Backend, ch pool.HealthChange)) {
 	var wg sync.WaitGroup
 	for _, b := range f.backends {
@@ -26,7 +26,7 @@ func (f *Fleet) Run(ctx context.Context, observe func(b *Backend, ch pool.Health
 			}
 			b.Pool.RunHealth(ctx, obs)
 		}()
-		if len(f.backends) > 1 {
+		if len(f.backends) > 1 || f.digests {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
