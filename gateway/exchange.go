@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
 
+	"github.com/vega-gateway/vega-gateway/cache"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/pool"
 	"github.com/vega-gateway/vega-gateway/trace"
@@ -69,6 +70,12 @@ type exchange struct {
 	promptTokens, completionTokens int64
 	doneReason                     string
 	loadDuration, evalDuration     time.Duration
+	// cacheState is what the response cache did (hit, miss, bypass; ""
+	// off or not a cached route); on a miss of a completion, cacheStore
+	// says the answer is to be stored under cacheKey once complete.
+	cacheState string
+	cacheKey   cache.Key
+	cacheStore bool
 	// record is what the observer is told, kept here so it is not allocated.
 	record Record
 }
@@ -232,6 +239,10 @@ func (x *exchange) finish() {
 		}
 		if x.keyName != "" {
 			e.Str("key_id", x.keyName)
+		}
+		if x.cacheState != "" {
+			x.scratch = quoteSafe(x.scratch[:0], x.cacheState)
+			e.RawJSON("cache", x.scratch)
 		}
 		if x.doneReason != "" {
 			e.Str("done_reason", x.doneReason).Int64("prompt_tokens", x.promptTokens).Int64("completion_tokens", x.completionTokens)
