@@ -338,7 +338,7 @@ func TestCacheHeaders(t *testing.T) {
 	const fixed = `{"model":"llama3.2","prompt":"hi","stream":false,"options":{"temperature":0,"seed":9}}`
 	for _, tc := range []struct {
 		name, body, ask, want string
-		reaches             bool
+		reaches               bool
 	}{
 		{"sampled", sampled, "", "bypass", true},
 		{"sampled again", sampled, "", "bypass", true},
