@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/vega-gateway/vega-gateway/admin"
+	"github.com/vega-gateway/vega-gateway/cache"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/metrics"
@@ -75,6 +76,7 @@ type config struct {
 	Chat      gateway.ChatConfig `mapstructure:"chat"`
 	Log       logConfig          `mapstructure:"log"`
 	Metrics   metrics.Config     `mapstructure:"metrics"`
+	Cache     cache.Config       `mapstructure:"cache"`
 }
 
 // defaults lists every key with its default. Each default comes from the
@@ -150,6 +152,13 @@ func defaults() map[string]any {
 		"metrics.models":               []string{},
 		"metrics.max_models":           metrics.DefaultMaxModels,
 		"metrics.cold_load_threshold":  metrics.DefaultColdLoadThreshold,
+		"cache.enabled":                false,
+		"cache.max_bytes":              cache.DefaultMaxBytes,
+		"cache.ttl":                    cache.DefaultTTL,
+		"cache.scope":                  cache.ScopeKey,
+		"cache.redis_url":              "",
+		"cache.redis_timeout":          cache.DefaultRedisTimeout,
+		"cache.max_entry_bytes":        cache.DefaultMaxEntryBytes,
 	}
 }
 
@@ -350,6 +359,13 @@ func (c config) validate() error {
 	// fleet starts nothing and opens no connection.
 	if _, err := c.newFleet(); err != nil {
 		return err
+	}
+	if c.Cache.Enabled {
+		cc, err := cache.New(c.Cache) // dials nothing
+		if err != nil {
+			return err
+		}
+		_ = cc.Close()
 	}
 	if c.Pool.MaxConnections <= 0 {
 		return fmt.Errorf("pool.max_connections: must be positive, got %d", c.Pool.MaxConnections)

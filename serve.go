@@ -18,6 +18,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/vega-gateway/vega-gateway/admin"
+	"github.com/vega-gateway/vega-gateway/cache"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
@@ -128,6 +129,7 @@ type app struct {
 	fleet   *fleet.Fleet
 	pools   []*pool.Pool
 	gw      *gateway.Gateway
+	cache   *cache.Cache // nil: cache.enabled is false
 	admin   *admin.Server
 	gwLn    net.Listener
 	adminLn net.Listener
@@ -156,6 +158,13 @@ func newApp(cfg config, log zerolog.Logger, sink *logSink) (*app, error) {
 	}
 	pools := fleetPools(f)
 	a := &app{cfg: cfg, log: log, fleet: f, pools: pools, gw: gw}
+	if cfg.Cache.Enabled {
+		if a.cache, err = cache.New(cfg.Cache); err != nil {
+			return nil, err
+		}
+		f.TrackDigests() // the cache keys on each model's digest
+		gw.SetCache(a.cache)
+	}
 	src := admin.Sources{
 		Fleet: f.Snapshot,
 		Ready: func() bool { return anyReady(pools) },
@@ -166,6 +175,9 @@ func newApp(cfg config, log zerolog.Logger, sink *logSink) (*app, error) {
 	obs, err := newObservability(cfg.Metrics, f, gw, sink)
 	if err != nil {
 		return nil, err
+	}
+	if a.cache != nil {
+		obs.RegisterCache(a.cache.Snapshot)
 	}
 	src.Stats = func() any { return obs.Stats() }
 	src.Metrics = obs.Handler()
@@ -276,6 +288,9 @@ wait:
 		defer cancel2()
 		_ = a.admin.Shutdown(adminCtx)
 		stopHealth()
+		if a.cache != nil {
+			_ = a.cache.Close()
+		}
 		close(done)
 	}()
 	select {
