@@ -28,6 +28,15 @@ func NewKey(parts ...[]byte) Key {
 	return k
 }
 
+// Derive returns the key of input under k: the SHA-256 of k and input,
+// built in buf (grown as needed and returned for reuse), so keying each
+// input of a batch under a common prefix hashes the prefix once and
+// allocates nothing.
+func (k Key) Derive(buf []byte, input string) (Key, []byte) {
+	buf = append(append(buf[:0], k[:]...), input...)
+	return sha256.Sum256(buf), buf
+}
+
 // Store keeps values by key. Get returns one value per key (nil: a miss);
 // Set stores each value under its key. Neither reports an error: a store
 // that cannot answer behaves as an empty one, so the cache can never fail

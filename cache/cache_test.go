@@ -46,17 +46,23 @@ func TestConfigValidation(t *testing.T) {
 // never passes max_bytes, the oldest entries go first, and a read keeps an
 // entry.
 func TestMemoryBound(t *testing.T) {
-	const max = 100 * (100 + cache.EntryOverhead)
+	// 96 bytes is a Go size class: each entry is charged 96 + EntryOverhead.
+	const max = 100 * (96 + cache.EntryOverhead)
 	c, err := cache.New(cache.Config{Enabled: true, MaxBytes: max, MaxEntryBytes: 100})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	val := make([]byte, 100)
+	val := make([]byte, 96)
 	for i := range 1000 {
 		c.Set(ctx, []cache.Key{key(i)}, [][]byte{val})
 		if i == 500 {
-			c.Get(ctx, []cache.Key{key(450)}) // touched: survives the next 99 inserts
+			c.Get(ctx, []cache.Key{key(450)}) // touched: the newest again
+		}
+		if i == 560 {
+			if got := c.Get(ctx, []cache.Key{key(450), key(451)}); got[0] == nil || got[1] != nil {
+				t.Fatalf("after 561 inserts: touched entry present %v, its untouched neighbour %v; want true, false", got[0] != nil, got[1] != nil)
+			}
 		}
 		if s := c.Snapshot(); s.Bytes > max {
 			t.Fatalf("after %d inserts the store charges %d bytes, over max_bytes %d", i+1, s.Bytes, max)

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/tidwall/gjson"
 	"github.com/valyala/fasthttp"
 
 	"github.com/vega-gateway/vega-gateway/cache"
@@ -18,9 +19,10 @@ import (
 var embedRoutes = map[string]bool{"/api/embed": true, "/api/embeddings": true, "/v1/embeddings": true}
 
 // embedRequest is an embedding request taken apart for the cache: its
-// inputs, and the rest of the body, which goes into every input's key.
+// inputs, and the rest of the body (top-level fields, values as sent),
+// which goes into every input's key.
 type embedRequest struct {
-	body   map[string]any
+	body   map[string]json.RawMessage
 	model  string
 	field  string // "input", or "prompt" on /api/embeddings
 	inputs []string
@@ -29,41 +31,72 @@ type embedRequest struct {
 // parseEmbed reads an embedding request the cache can serve: a model and
 // a non-empty string or list of strings. Anything else goes upstream as
 // is, for Ollama to answer (or refuse) as it does.
+// The body is read in one pass with gjson (validated first): encoding/json
+// scans a value twice and decoded a batch of 32 inputs in a sixth of a
+// cached batch's time.
 func parseEmbed(route string, body []byte) (embedRequest, bool) {
-	m, ok := decodeBody(body)
-	if !ok {
+	if !gjson.ValidBytes(body) {
 		return embedRequest{}, false
 	}
-	r := embedRequest{body: m, field: "input"}
+	root := gjson.ParseBytes(body)
+	if !root.IsObject() {
+		return embedRequest{}, false
+	}
+	r := embedRequest{body: map[string]json.RawMessage{}, field: "input"}
 	if route == "/api/embeddings" {
 		r.field = "prompt"
 	}
-	r.model, _ = m["model"].(string)
+	var in gjson.Result
+	root.ForEach(func(k, v gjson.Result) bool {
+		// A repeated key keeps its last value, as encoding/json (and so
+		// Ollama) reads it.
+		r.body[k.String()] = json.RawMessage(v.Raw)
+		switch k.String() {
+		case "model":
+			r.model = ""
+			if v.Type == gjson.String {
+				r.model = v.Str
+			}
+		case r.field:
+			in = v
+		}
+		return true
+	})
 	if r.model == "" {
 		return r, false
 	}
-	switch v := m[r.field].(type) {
-	case string:
-		if v == "" {
+	switch {
+	case in.Type == gjson.String && in.Str != "":
+		r.inputs = []string{in.Str}
+	case in.IsArray() && route != "/api/embeddings":
+		ok := true
+		in.ForEach(func(_, v gjson.Result) bool {
+			ok = v.Type == gjson.String
+			r.inputs = append(r.inputs, v.Str)
+			return ok
+		})
+		if !ok || len(r.inputs) == 0 {
 			return r, false
-		}
-		r.inputs = []string{v}
-	case []any:
-		if len(v) == 0 || route == "/api/embeddings" {
-			return r, false
-		}
-		r.inputs = make([]string, len(v))
-		for i, e := range v {
-			s, ok := e.(string)
-			if !ok {
-				return r, false
-			}
-			r.inputs[i] = s
 		}
 	default:
 		return r, false
 	}
 	return r, true
+}
+
+// canonicalRaw is canonical for a body decoded at the top level only:
+// top-level keys sorted, values compacted as sent.
+func canonicalRaw(m map[string]json.RawMessage) ([]byte, error) {
+	for k, v := range m {
+		if v := bytes.TrimSpace(v); k == "keep_alive" || bytes.Equal(v, []byte("null")) || (k == "options" && isEmptyObject(v)) {
+			delete(m, k)
+		}
+	}
+	return json.Marshal(m)
+}
+
+func isEmptyObject(v []byte) bool {
+	return len(v) >= 2 && v[0] == '{' && len(bytes.TrimSpace(v[1:len(v)-1])) == 0 && v[len(v)-1] == '}'
 }
 
 // serveEmbed answers an embedding request through the cache: each input
@@ -89,14 +122,15 @@ func (g *Gateway) serveEmbed(ctx *fasthttp.RequestCtx, x *exchange, keyInAuthori
 	}
 	keepAlive, hasKeepAlive := r.body["keep_alive"]
 	delete(r.body, r.field)
-	opts, err := canonical(r.body) // model, truncate, dimensions, options, encoding_format
+	opts, err := canonicalRaw(r.body) // model, truncate, dimensions, options, encoding_format
 	if err != nil {
 		return false
 	}
-	scope, route := g.cacheScope(x), []byte(x.route.name)
+	prefix := cache.NewKey(g.cacheScope(x), []byte(x.route.name), []byte(digest), opts)
 	keys := make([]cache.Key, len(r.inputs))
+	var buf []byte
 	for i, in := range r.inputs {
-		keys[i] = cache.NewKey(scope, route, []byte(digest), opts, []byte(in))
+		keys[i], buf = prefix.Derive(buf, in)
 	}
 	vecs := g.cache.Get(context.Background(), keys)
 	var missing []int
@@ -113,14 +147,16 @@ func (g *Gateway) serveEmbed(ctx *fasthttp.RequestCtx, x *exchange, keyInAuthori
 		if hasKeepAlive {
 			r.body["keep_alive"] = keepAlive
 		}
-		if r.field == "prompt" {
-			r.body["prompt"] = r.inputs[0]
-		} else {
+		var in any = r.inputs[0]
+		if r.field != "prompt" {
 			ins := make([]string, len(missing))
 			for j, i := range missing {
 				ins[j] = r.inputs[i]
 			}
-			r.body["input"] = ins
+			in = ins
+		}
+		if r.body[r.field], err = json.Marshal(in); err != nil {
+			return false
 		}
 		upBody, err := json.Marshal(r.body)
 		if err != nil {

@@ -35,7 +35,7 @@ const (
 	keyB = "tenant-b-key-0123456789abcdef0123456789"
 )
 
-func startCacheEnv(t *testing.T, cc cache.Config, auth gateway.AuthConfig) *cacheEnv {
+func startCacheEnv(t testing.TB, cc cache.Config, auth gateway.AuthConfig) *cacheEnv {
 	t.Helper()
 	e := &env{t: t, logs: &syncBuffer{}}
 	fake, err := ollamatest.NewServer(ollamatest.Config{})
@@ -82,8 +82,14 @@ func startCacheEnv(t *testing.T, cc cache.Config, auth gateway.AuthConfig) *cach
 		c.Close()
 	})
 	e.url = "http://" + ln.Addr().String()
+	deadline := time.Now().Add(5 * time.Second)
 	for _, m := range []string{"nomic-embed-text", "llama3.2"} {
-		waitFor(t, 5*time.Second, "the digest of "+m, func() bool { _, ok := f.Digest(m); return ok })
+		for _, ok := f.Digest(m); !ok; _, ok = f.Digest(m) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the digest of %s not known after 5 s", m)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 	}
 	return &cacheEnv{env: e, fleet: f, cache: c}
 }
