@@ -70,7 +70,7 @@ func (r Result) String() string { return resultNames[r] }
 
 // maxStatSeries bounds the (route, model) counters; further models share
 // the model label "other".
-const maxStatSeries = 512
+const maxStatSeries = 256
 
 // Cache is the response cache: a Store plus the numbers about it. Its
 // methods are safe for concurrent use.
