@@ -3,6 +3,7 @@ package gateway_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"reflect"
 	"strings"
@@ -378,7 +379,7 @@ func TestCacheHeaders(t *testing.T) {
 // serves again once Redis is back.
 func TestCacheRedisDown(t *testing.T) {
 	srv := redistest.Start(t)
-	e := startCacheEnv(t, cache.Config{RedisURL: srv.URL()}, gateway.AuthConfig{})
+	e := startCacheEnv(t, cache.Config{RedisURL: srv.URL(), RedisTimeout: 2 * time.Second}, gateway.AuthConfig{})
 	client := ollama.NewClient(mustParseURL(t, e.url), testClient)
 	ctx := context.Background()
 	embed := func(inputs []string) {
@@ -408,4 +409,38 @@ func TestCacheRedisDown(t *testing.T) {
 		embed([]string{"after"})
 		return e.reached("/api/embed") == before
 	})
+}
+
+// TestCacheMemoryBound embeds many more distinct inputs than the store
+// holds: its charge never passes cache.max_bytes, the oldest go first, and
+// the newest are still served.
+func TestCacheMemoryBound(t *testing.T) {
+	const max = 64 << 10
+	e := startCacheEnv(t, cache.Config{MaxBytes: max, MaxEntryBytes: 4 << 10}, gateway.AuthConfig{})
+	batch := func(i int) string {
+		in := make([]string, 50)
+		for j := range in {
+			in[j] = fmt.Sprintf("distinct chunk %d", i*50+j)
+		}
+		b, _ := json.Marshal(map[string]any{"model": "nomic-embed-text", "input": in})
+		return string(b)
+	}
+	for i := range 40 {
+		if st, _, body := e.do("POST", "/api/embed", batch(i), nil); st != 200 {
+			t.Fatalf("batch %d: %d %s", i, st, body)
+		}
+		if s := e.cache.Snapshot(); s.Bytes > max {
+			t.Fatalf("after batch %d the store charges %d bytes, over max_bytes %d", i, s.Bytes, max)
+		}
+	}
+	s := e.cache.Snapshot()
+	if s.Evictions == 0 || s.Entries*cache.EntryOverhead > max {
+		t.Errorf("snapshot %+v: want evictions and at most max_bytes of entries", s)
+	}
+	if _, hdr, _ := e.do("POST", "/api/embed", batch(39), nil); hdr.Get(gateway.HeaderCache) != "hit" {
+		t.Errorf("the newest batch: X-Vega-Cache %q, want hit", hdr.Get(gateway.HeaderCache))
+	}
+	if _, hdr, _ := e.do("POST", "/api/embed", batch(0), nil); hdr.Get(gateway.HeaderCache) != "miss" {
+		t.Errorf("the oldest batch: X-Vega-Cache %q, want miss (evicted)", hdr.Get(gateway.HeaderCache))
+	}
 }
