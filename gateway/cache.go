@@ -58,6 +58,38 @@ func decodeBody(body []byte) (map[string]any, bool) {
 	return m, true
 }
 
+// foldedKeys reports whether v holds an object key with an upper-case
+// letter. Ollama reads keys case-insensitively, the later spelling
+// winning ("options" then "Options"), which a sorted map cannot tell
+// apart: two such bodies could share a key yet mean different requests,
+// so they are not cached. Ollama's own fields are all lower case.
+func foldedKeys(v any) bool {
+	switch v := v.(type) {
+	case map[string]any:
+		for k, e := range v {
+			if hasUpper(k) || foldedKeys(e) {
+				return true
+			}
+		}
+	case []any:
+		for _, e := range v {
+			if foldedKeys(e) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func hasUpper(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if 'A' <= s[i] && s[i] <= 'Z' {
+			return true
+		}
+	}
+	return false
+}
+
 // canonical encodes a request body for its key: keys sorted (json.Marshal
 // sorts map keys), numbers as written, without keep_alive (how long the
 // model stays loaded changes no answer) and without top-level nulls or an
@@ -122,7 +154,7 @@ func (g *Gateway) lookupCompletion(ctx *fasthttp.RequestCtx, x *exchange, body [
 		return false
 	}
 	m, ok := decodeBody(body)
-	if !ok || (ask != "use" && !deterministic(m, completionRoutes[x.route.name].native)) {
+	if !ok || foldedKeys(m) || (ask != "use" && !deterministic(m, completionRoutes[x.route.name].native)) {
 		g.bypassCache(ctx, x, 1)
 		return false
 	}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/tidwall/gjson"
 	"github.com/valyala/fasthttp"
@@ -35,7 +36,9 @@ type embedRequest struct {
 // scans a value twice and decoded a batch of 32 inputs in a sixth of a
 // cached batch's time.
 func parseEmbed(route string, body []byte) (embedRequest, bool) {
-	if !gjson.ValidBytes(body) {
+	// Invalid UTF-8 is read by encoding/json (so Ollama) as U+FFFD and by
+	// gjson as is: such a body is proxied as sent.
+	if !utf8.Valid(body) || !gjson.ValidBytes(body) {
 		return embedRequest{}, false
 	}
 	root := gjson.ParseBytes(body)
@@ -64,6 +67,11 @@ func parseEmbed(route string, body []byte) (embedRequest, bool) {
 	})
 	if r.model == "" {
 		return r, false
+	}
+	for k := range r.body {
+		if hasUpper(k) { // see foldedKeys; options go into the key as sent
+			return r, false
+		}
 	}
 	switch {
 	case in.Type == gjson.String && in.Str != "":
