@@ -444,3 +444,41 @@ func TestCacheMemoryBound(t *testing.T) {
 		t.Errorf("the oldest batch: X-Vega-Cache %q, want miss (evicted)", hdr.Get(gateway.HeaderCache))
 	}
 }
+
+// TestCacheFleetDigests: with several backends a model is cached only
+// while every backend that lists it agrees on its digest; a model pulled
+// anew on one backend is bypassed until the others have it too, and then
+// misses (new digest) before it hits again.
+func TestCacheFleetDigests(t *testing.T) {
+	e := startRoutingEnv(t, routingOptions{
+		models: [][]string{{"nomic-embed-text"}, {"nomic-embed-text"}},
+		cache:  &cache.Config{Enabled: true},
+	})
+	const body = `{"model":"nomic-embed-text","input":"shared chunk"}`
+	step := func(want string) {
+		t.Helper()
+		st, hdr, b := e.do("POST", "/api/embed", body, nil)
+		if st != 200 || hdr.Get(gateway.HeaderCache) != want {
+			t.Fatalf("%d %q (%s), want 200 %s", st, hdr.Get(gateway.HeaderCache), b, want)
+		}
+	}
+	step("miss")
+	step("hit")
+	old, _ := e.fleet.Digest("nomic-embed-text")
+	repull := func(f *ollamatest.Server) {
+		t.Helper()
+		if !f.Repull("nomic-embed-text") {
+			t.Fatal("Repull: model unknown")
+		}
+	}
+	repull(e.fakes[1])
+	waitFor(t, 5*time.Second, "the backends to disagree", func() bool { _, ok := e.fleet.Digest("nomic-embed-text"); return !ok })
+	step("bypass")
+	repull(e.fakes[0])
+	waitFor(t, 5*time.Second, "the backends to agree on the new digest", func() bool {
+		d, ok := e.fleet.Digest("nomic-embed-text")
+		return ok && d != old
+	})
+	step("miss")
+	step("hit")
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/ollama/ollama/api"
 	"github.com/rs/zerolog"
 
+	"github.com/vega-gateway/vega-gateway/cache"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
@@ -36,6 +37,8 @@ type routingOptions struct {
 	// noRun: no health probes or catalogue refresh (the catalogue stays
 	// unknown, the backends healthy, whatever happens to them).
 	noRun bool
+	// cache, when set, turns the response cache on.
+	cache *cache.Config
 }
 
 func startRoutingEnv(t *testing.T, o routingOptions) *routingEnv {
@@ -76,6 +79,13 @@ func startRoutingEnv(t *testing.T, o routingOptions) *routingEnv {
 		t.Fatal(err)
 	}
 	e.gw = gw
+	if o.cache != nil {
+		c, err := cache.New(*o.cache)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gw.SetCache(c)
+	}
 	ctx, stop := context.WithCancel(context.Background())
 	running := make(chan struct{})
 	if o.noRun {
