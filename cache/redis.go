@@ -40,7 +40,8 @@ func newRedis(rawURL string, ttl, timeout time.Duration) (*redisStore, error) {
 	}
 	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout, opt.PoolTimeout = timeout, timeout, timeout, timeout
 	opt.ContextTimeoutEnabled = true
-	opt.MaxRetries = -1 // a retry doubles the time a request waits on a failing Redis
+	opt.MaxRetries = -1   // a retry doubles the time a request waits on a failing Redis
+	opt.DialerRetries = 1 // likewise a second dial (go-redis tries 5, 100 ms apart)
 	opt.DisableIdentity = true
 	return &redisStore{client: redis.NewClient(opt), ttl: ttl, timeout: timeout}, nil
 }
