@@ -329,8 +329,8 @@ func TestCacheCompletionReplay(t *testing.T) {
 				}
 				return line != nil
 			})
-			if line["cache"] != "hit" || (tc.path != "/chat" && line["done_reason"] == nil) {
-				t.Errorf("access line %v: want cache hit and the recorded done_reason", line)
+			if line["cache"] != "hit" || line["upstream"] != "cache" || (tc.path != "/chat" && line["done_reason"] == nil) {
+				t.Errorf("access line %v: want cache hit, upstream cache and the recorded done_reason", line)
 			}
 		})
 	}

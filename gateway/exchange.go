@@ -218,6 +218,8 @@ func (x *exchange) finish() {
 			e.Str("upstream", x.up.URL()).Str("backend", x.backend.Name).RawJSON("route_reason", x.scratch).Int("attempts", x.attempts)
 		case x.attempts > 0: // fleet-wide: every backend answered
 			e.Str("upstream", upstreamFleet).Int("attempts", x.attempts)
+		case x.cacheState == cacheHit: // answered from the response cache alone
+			e.Str("upstream", upstreamCache)
 		default: // refused before any backend was chosen
 			e.Str("upstream", g.pool.URL())
 		}
@@ -264,6 +266,13 @@ func (x *exchange) finish() {
 // upstreamFleet is the access line's upstream for a request answered by
 // every backend at once (lists, model management).
 const upstreamFleet = "fleet"
+
+// upstreamCache is the access line's upstream for a request answered
+// wholly from the response cache; cacheHit is its cache field then.
+const (
+	upstreamCache = "cache"
+	cacheHit      = "hit"
+)
 
 // upstream is the pool of the backend the request went to, else the first
 // backend's.
