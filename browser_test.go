@@ -41,7 +41,7 @@ func TestBrowserAdminPage(t *testing.T) {
 	if _, err := os.Stat(chromiumPath); err != nil {
 		t.Skipf("%s not found (%v): install it with `apt-get install -y chromium` to run the browser test", chromiumPath, err)
 	}
-	p := startProcess(t, []string{"serve", "--demo"})
+	p := startProcess(t, []string{"serve", "--demo"}, "VEGA_CACHE_ENABLED=true")
 	data, adminURL := "http://"+p.data, "http://"+p.admin
 
 	// The burst: streamed and whole replies, native and OpenAI, one
@@ -106,6 +106,20 @@ func TestBrowserAdminPage(t *testing.T) {
 			t.Fatalf("stats never counted the burst: %s", body)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+
+	// The response cache: one embedding repeated until it is a hit (the
+	// model's digest is known once the catalogues are fetched).
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		_, h, _ := post(t, data+"/api/embed", `{"model":"nomic-embed-text","input":["page"]}`, nil)
+		if h.Get("X-Vega-Cache") == "hit" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no cache hit within 10 s (last: %q)", h.Get("X-Vega-Cache"))
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 
 	// Keep a little streaming traffic going while the page polls, so the
@@ -324,6 +338,12 @@ func checkAdminDOM(t *testing.T, dom string, burst int) {
 	}
 	if picked == 0 {
 		fail("no backend row shows picks after the burst")
+	}
+	if v := text("cache-summary"); !strings.HasPrefix(v, "hit rate ") || !strings.Contains(v, "entries") {
+		fail("cache summary %q, want hit rate … entries …", v)
+	}
+	if !strings.Contains(dom, "<td>/api/embed</td><td>nomic-embed-text</td>") {
+		fail("the cache table has no /api/embed nomic-embed-text row")
 	}
 	if v := text("routing"); !strings.HasPrefix(v, "policy model_aware") {
 		fail("routing line %q, want policy model_aware …", v)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/vega-gateway/vega-gateway/admin"
 	"github.com/vega-gateway/vega-gateway/discover"
+	"github.com/vega-gateway/vega-gateway/cache"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/metrics"
@@ -123,6 +124,7 @@ type config struct {
 	Log       logConfig          `mapstructure:"log"`
 	Metrics   metrics.Config     `mapstructure:"metrics"`
 	Otel      otelx.Config       `mapstructure:"otel"`
+	Cache     cache.Config       `mapstructure:"cache"`
 }
 
 // defaults lists every key with its default. Each default comes from the
@@ -207,6 +209,13 @@ func defaults() map[string]any {
 		"otel.headers":                 map[string]string{},
 		"otel.sample_ratio":            otelx.DefaultSampleRatio,
 		"otel.service_name":            otelx.DefaultServiceName,
+		"cache.enabled":                false,
+		"cache.max_bytes":              cache.DefaultMaxBytes,
+		"cache.ttl":                    cache.DefaultTTL,
+		"cache.scope":                  cache.ScopeKey,
+		"cache.redis_url":              "",
+		"cache.redis_timeout":          cache.DefaultRedisTimeout,
+		"cache.max_entry_bytes":        cache.DefaultMaxEntryBytes,
 	}
 }
 
@@ -442,6 +451,13 @@ func (c config) validate() error {
 	// fleet starts nothing and opens no connection.
 	if _, err := c.newFleet(nil); err != nil {
 		return err
+	}
+	if c.Cache.Enabled {
+		cc, err := cache.New(c.Cache) // dials nothing
+		if err != nil {
+			return err
+		}
+		_ = cc.Close()
 	}
 	if c.Pool.MaxConnections <= 0 {
 		return fmt.Errorf("pool.max_connections: must be positive, got %d", c.Pool.MaxConnections)

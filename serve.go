@@ -18,6 +18,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/vega-gateway/vega-gateway/admin"
+	"github.com/vega-gateway/vega-gateway/cache"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
@@ -130,6 +131,7 @@ type app struct {
 	fleet   *fleet.Fleet
 	gw      *gateway.Gateway
 	tracer  *otelx.Tracer
+	cache   *cache.Cache // nil: cache.enabled is false
 	admin   *admin.Server
 	gwLn    net.Listener
 	adminLn net.Listener
@@ -157,6 +159,13 @@ func newApp(cfg config, log zerolog.Logger, sink *logSink) (*app, error) {
 		return nil, fmt.Errorf("auth.admin_api_keys: %w", err)
 	}
 	a := &app{cfg: cfg, log: log, fleet: f, gw: gw}
+	if cfg.Cache.Enabled {
+		if a.cache, err = cache.New(cfg.Cache); err != nil {
+			return nil, err
+		}
+		f.TrackDigests() // the cache keys on each model's digest
+		gw.SetCache(a.cache)
+	}
 	src := admin.Sources{
 		Fleet: f.Snapshot,
 		Ready: func() bool { return anyReady(fleetPools(f)) },
@@ -167,6 +176,9 @@ func newApp(cfg config, log zerolog.Logger, sink *logSink) (*app, error) {
 	obs, err := newObservability(cfg.Metrics, f, gw, sink)
 	if err != nil {
 		return nil, err
+	}
+	if a.cache != nil {
+		obs.RegisterCache(a.cache.Snapshot)
 	}
 	src.Stats = func() any { return obs.Stats() }
 	src.Metrics = obs.Handler()
@@ -301,6 +313,9 @@ wait:
 			log.Warn().Err(err).Msg("trace export at shutdown")
 		}
 		stopHealth()
+		if a.cache != nil {
+			_ = a.cache.Close()
+		}
 		close(done)
 	}()
 	select {

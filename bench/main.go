@@ -33,7 +33,7 @@ func main() {
 		duration    = flag.Duration("duration", 10*time.Second, "measured time per case, per target, per run")
 		warmup      = flag.Duration("warmup", time.Second, "unmeasured time before each measurement")
 		runs        = flag.Int("runs", 3, "runs per case; the table shows medians (failures and stalls: the worst run)")
-		cases       = flag.String("cases", "nonstream,stream1,stream200,chat,scale", "comma-separated cases to run; also fleet (not in the default: about 4 min; see -fleet-*)")
+		cases       = flag.String("cases", "nonstream,stream1,stream200,chat,scale", "comma-separated cases to run; also fleet (not in the default: about 4 min; see -fleet-*) and cache (in process, about 1 min per run; see -cache-*)")
 		conns       = flag.Int("conns", 50, "keep-alive connections for nonstream")
 		streams     = flag.Int("streams", 200, "concurrent streams for stream200")
 		tokens      = flag.Int("tokens", 50, "tokens per stream")
@@ -51,6 +51,7 @@ func main() {
 		instrReqs   = flag.Int("instructions-requests", 3000, "-instructions: non-stream requests counted (streams: a tenth as many of each length)")
 
 		fleetFl   = registerFleetFlags()
+		cacheFl   = registerCacheFlags()
 		serveMode = flag.Bool("serve", false, "internal: run the servers for the parent process")
 		sf        serveFlags
 	)
@@ -131,6 +132,18 @@ func main() {
 		}
 	}
 	withFleet := slices.Contains(want, "fleet")
+	if slices.Contains(want, "cache") {
+		if cacheFl.chunks < 1 || cacheFl.batch < 1 || cacheFl.chats < 1 || cacheFl.latencyN < 10 || cacheFl.runs < 1 || cacheFl.runs > 20 ||
+			cacheFl.embedDelay < 0 || cacheFl.memMax < 1<<20 {
+			fmt.Fprintln(os.Stderr, "bench: -cache-* counts must be positive (latency requests ≥ 10, runs ≤ 20, mem max ≥ 1 MiB)")
+			os.Exit(2)
+		}
+		fmt.Printf("%s\n\n", machine())
+		runCacheCase(cacheFl)
+		if len(selected) == 0 && !withFleet {
+			return
+		}
+	}
 	if len(selected) == 0 && !withFleet {
 		fmt.Fprintf(os.Stderr, "bench: no known case in -cases %q (nonstream, stream1, stream200, chat, scale, fleet)\n", *cases)
 		os.Exit(2)

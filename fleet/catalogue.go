@@ -38,7 +38,10 @@ type models struct {
 	// model may be there.
 	known     bool
 	installed map[string]bool
-	loaded    map[string]bool
+	// digests are the installed models' digests as /api/tags lists them
+	// (a model known only from a response has none).
+	digests map[string]string
+	loaded  map[string]bool
 	// pending are loaded models whose load is still under way (sent here
 	// cold, not yet answered nor listed by /api/ps).
 	pending map[string]bool
@@ -70,7 +73,7 @@ func (c *catalogue) update(fn func(m *models)) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	old := c.cur.Load()
-	m := &models{known: old.known, installed: make(map[string]bool, len(old.installed)),
+	m := &models{known: old.known, installed: make(map[string]bool, len(old.installed)), digests: old.digests,
 		loaded: make(map[string]bool, len(old.loaded)+1), pending: make(map[string]bool, len(old.pending)+1), at: old.at, err: old.err}
 	for k := range old.installed {
 		m.installed[k] = true
@@ -121,8 +124,9 @@ func (c *catalogue) requestRefresh() {
 // listResponse is the part of /api/tags and /api/ps the catalogue reads.
 type listResponse struct {
 	Models []struct {
-		Name  string `json:"name"`
-		Model string `json:"model"`
+		Name   string `json:"name"`
+		Model  string `json:"model"`
+		Digest string `json:"digest"`
 	} `json:"models"`
 }
 
@@ -159,7 +163,8 @@ func newFetcher(rawURL string, timeout time.Duration) (*fetcher, error) {
 	}, nil
 }
 
-func (ft *fetcher) list(path string) (map[string]bool, error) {
+// list returns the models a list names, with their digests.
+func (ft *fetcher) list(path string) (map[string]bool, map[string]string, error) {
 	req := fasthttp.AcquireRequest()
 	resp := fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
@@ -172,16 +177,17 @@ func (ft *fetcher) list(path string) (map[string]bool, error) {
 	req.Header.SetHost(ft.host)
 	req.Header.SetMethod(fasthttp.MethodGet)
 	if err := ft.client.DoTimeout(req, resp, ft.timeout); err != nil {
-		return nil, fmt.Errorf("GET %s: %w", path, err)
+		return nil, nil, fmt.Errorf("GET %s: %w", path, err)
 	}
 	if resp.StatusCode() != fasthttp.StatusOK {
-		return nil, fmt.Errorf("GET %s: status %d", path, resp.StatusCode())
+		return nil, nil, fmt.Errorf("GET %s: status %d", path, resp.StatusCode())
 	}
 	var lr listResponse
 	if err := json.Unmarshal(resp.Body(), &lr); err != nil {
-		return nil, fmt.Errorf("GET %s: %w", path, err)
+		return nil, nil, fmt.Errorf("GET %s: %w", path, err)
 	}
 	out := make(map[string]bool, len(lr.Models))
+	digests := make(map[string]string, len(lr.Models))
 	for _, m := range lr.Models {
 		name := m.Model
 		if name == "" {
@@ -189,9 +195,12 @@ func (ft *fetcher) list(path string) (map[string]bool, error) {
 		}
 		if name != "" {
 			out[NormalizeModel(name)] = true
+			if m.Digest != "" {
+				digests[NormalizeModel(name)] = m.Digest
+			}
 		}
 	}
-	return out, nil
+	return out, digests, nil
 }
 
 // refresh fetches both lists and replaces the view. A model with requests
@@ -199,10 +208,10 @@ func (ft *fetcher) list(path string) (map[string]bool, error) {
 // load has finished. It reports whether the backend answered.
 func (b *Backend) refresh(ft *fetcher) bool {
 	began := time.Now()
-	installed, err := ft.list("/api/tags")
+	installed, digests, err := ft.list("/api/tags")
 	var loaded map[string]bool
 	if err == nil {
-		loaded, err = ft.list("/api/ps")
+		loaded, _, err = ft.list("/api/ps")
 	}
 	b.cat.refreshes.Add(1)
 	if err != nil {
@@ -235,7 +244,7 @@ func (b *Backend) refresh(ft *fetcher) bool {
 	for name := range loaded {
 		installed[name] = true
 	}
-	b.cat.cur.Store(&models{known: true, installed: installed, loaded: loaded, pending: pending, at: time.Now()})
+	b.cat.cur.Store(&models{known: true, installed: installed, digests: digests, loaded: loaded, pending: pending, at: time.Now()})
 	b.cat.mu.Unlock()
 	return true
 }
@@ -250,6 +259,10 @@ func (b *Backend) Installed() ([]string, bool) {
 	m := b.cat.cur.Load()
 	return sortedKeys(m.installed), m.known
 }
+
+// Digest returns model's digest on b as /api/tags last listed it ("" if
+// it is not listed there or the list is not known yet).
+func (b *Backend) Digest(model string) string { return b.cat.cur.Load().digests[NormalizeModel(model)] }
 
 // Loaded lists the models loaded on b as last seen or inferred (sorted).
 func (b *Backend) Loaded() []string { return sortedKeys(b.cat.cur.Load().loaded) }

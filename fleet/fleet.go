@@ -64,6 +64,8 @@ type Fleet struct {
 	modelMissing atomic.Int64
 	// loadMean is the mean cold load time seen across the fleet.
 	loadMean mean
+	// digests: catalogues are fetched even for one backend (TrackDigests).
+	digests bool
 	// coldMu serialises the choice of a backend for a cold load with its
 	// mark in the catalogue (never held across I/O).
 	coldMu sync.Mutex
@@ -290,6 +292,32 @@ func NormalizeModel(m string) string {
 		m += ":latest"
 	}
 	return m
+}
+
+// TrackDigests makes Run fetch the catalogue of a lone backend too, so
+// Digest knows models' digests (the response cache keys on them). Call it
+// before Run.
+func (f *Fleet) TrackDigests() { f.digests = true }
+
+// Digest returns the digest of model as every backend that lists it in
+// /api/tags reports it, and false when none lists it with a digest or two
+// disagree (a model pulled at different times): then nothing may be
+// cached for it, since the answer depends on which backend runs it.
+func (f *Fleet) Digest(model string) (string, bool) {
+	model = NormalizeModel(model)
+	digest := ""
+	for _, b := range f.cur.Load().list {
+		m := b.cat.cur.Load()
+		if !m.known || !m.installed[model] {
+			continue
+		}
+		d := m.digests[model]
+		if d == "" || (digest != "" && d != digest) {
+			return "", false
+		}
+		digest = d
+	}
+	return digest, digest != ""
 }
 
 // Single is the fleet of one backend, at the default routing config: what a

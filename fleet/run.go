@@ -13,8 +13,8 @@ import (
 // discovery group's lookups, until ctx is done; then it returns, once
 // every goroutine it started has. observe (may be nil) is told of each
 // backend's health transitions, as pool.RunHealth tells them, discovered
-// backends' included. A Single fleet fetches no catalogue: its backend is
-// routed to whatever it holds.
+// backends' included. A Single fleet fetches no catalogue (its backend is
+// routed to whatever it holds) unless TrackDigests asked for it.
 func (f *Fleet) Run(ctx context.Context, observe func(b *Backend, ch pool.HealthChange)) {
 	var wg sync.WaitGroup
 	for _, b := range f.static {
@@ -27,7 +27,7 @@ func (f *Fleet) Run(ctx context.Context, observe func(b *Backend, ch pool.Health
 			}
 			b.Pool.RunHealth(ctx, obs)
 		}()
-		if !f.single {
+		if !f.single || f.digests {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()

@@ -353,6 +353,9 @@ func (g *Gateway) serveChat(ctx *fasthttp.RequestCtx, x *exchange) bool {
 		panic(err) // strings, a bool and validated raw JSON: cannot fail
 	}
 
+	if g.cache != nil && g.lookupCompletion(ctx, x, upBody) {
+		return false
+	}
 	t := target{Request: fleet.Request{Model: up.Model, NeedModel: true, Inference: true}}
 	if !g.fleet.Single() {
 		t.Conversation = fleet.ConversationKey(fleet.VegaChat, up.Model, body)
@@ -438,6 +441,9 @@ func (g *Gateway) chatReply(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthtt
 	ctx.SetContentType(contentTypeJSON)
 	ctx.SetBody(out)
 	x.status = fasthttp.StatusOK
+	if x.cacheStore && x.doneReason != "" {
+		g.storeAnswer(x, false, []byte(contentTypeJSON), out)
+	}
 }
 
 // chatUpstreamStatus maps an Ollama error status on /chat to the gateway's

@@ -12,6 +12,7 @@ import (
 	"github.com/valyala/fasthttp"
 	oteltrace "go.opentelemetry.io/otel/trace"
 
+	"github.com/vega-gateway/vega-gateway/cache"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/pool"
 	"github.com/vega-gateway/vega-gateway/trace"
@@ -70,6 +71,12 @@ type exchange struct {
 	promptTokens, completionTokens int64
 	doneReason                     string
 	loadDuration, evalDuration     time.Duration
+	// cacheState is what the response cache did (hit, miss, bypass; ""
+	// off or not a cached route); on a miss of a completion, cacheStore
+	// says the answer is to be stored under cacheKey once complete.
+	cacheState string
+	cacheKey   cache.Key
+	cacheStore bool
 	// record is what the observer is told, kept here so it is not allocated.
 	record Record
 	// span is the request's server span and attempt the current upstream
@@ -223,6 +230,8 @@ func (x *exchange) finish() {
 			e.Str("upstream", x.up.URL()).Str("backend", x.backend.Name).RawJSON("route_reason", x.scratch).Int("attempts", x.attempts)
 		case x.attempts > 0: // fleet-wide: every backend answered
 			e.Str("upstream", upstreamFleet).Int("attempts", x.attempts)
+		case x.cacheState == cacheHit: // answered from the response cache alone
+			e.Str("upstream", upstreamCache)
 		case g.pool != nil: // refused before any backend was chosen
 			e.Str("upstream", g.pool.URL())
 		default: // the same, with no configured backend
@@ -247,6 +256,10 @@ func (x *exchange) finish() {
 		if x.keyName != "" {
 			e.Str("key_id", x.keyName)
 		}
+		if x.cacheState != "" {
+			x.scratch = quoteSafe(x.scratch[:0], x.cacheState)
+			e.RawJSON("cache", x.scratch)
+		}
 		if x.doneReason != "" {
 			e.Str("done_reason", x.doneReason).Int64("prompt_tokens", x.promptTokens).Int64("completion_tokens", x.completionTokens)
 		}
@@ -270,6 +283,13 @@ func (x *exchange) finish() {
 // upstreamFleet is the access line's upstream for a request answered by
 // every backend at once (lists, model management).
 const upstreamFleet = "fleet"
+
+// upstreamCache is the access line's upstream for a request answered
+// wholly from the response cache; cacheHit is its cache field then.
+const (
+	upstreamCache = "cache"
+	cacheHit      = "hit"
+)
 
 // upstream is the pool of the backend the request went to, else the first
 // backend's.

@@ -13,6 +13,7 @@ import (
 	"github.com/ollama/ollama/api"
 	"github.com/rs/zerolog"
 
+	"github.com/vega-gateway/vega-gateway/cache"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
@@ -38,6 +39,8 @@ type routingOptions struct {
 	// unknown, the backends healthy, whatever happens to them).
 	noRun  bool
 	tracer *otelx.Tracer // nil: tracing off
+	// cache, when set, turns the response cache on.
+	cache *cache.Config
 }
 
 func startRoutingEnv(t *testing.T, o routingOptions) *routingEnv {
@@ -79,6 +82,13 @@ func startRoutingEnv(t *testing.T, o routingOptions) *routingEnv {
 	}
 	e.gw = gw
 	gw.SetTracer(o.tracer)
+	if o.cache != nil {
+		c, err := cache.New(*o.cache)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gw.SetCache(c)
+	}
 	ctx, stop := context.WithCancel(context.Background())
 	running := make(chan struct{})
 	if o.noRun {

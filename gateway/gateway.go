@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
 
+	"github.com/vega-gateway/vega-gateway/cache"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/otelx"
 	"github.com/vega-gateway/vega-gateway/pool"
@@ -52,6 +53,8 @@ type Gateway struct {
 	// authLines samples failed-authentication log lines (logsample.go).
 	inFlight  atomic.Int64
 	authLines lineSampler
+	// cache answers cacheable requests (nil: off; SetCache).
+	cache *cache.Cache
 	// faultHook, when set (tests only), is called at named points of the
 	// request path so tests can inject panics.
 	faultHook func(where string)

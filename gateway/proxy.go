@@ -62,6 +62,14 @@ func (g *Gateway) proxy(ctx *fasthttp.RequestCtx, x *exchange, keyInAuthorizatio
 		g.reject(ctx, x, e)
 		return false
 	}
+	if g.cache != nil && ctx.IsPost() {
+		if _, ok := completionRoutes[x.route.name]; ok && g.lookupCompletion(ctx, x, ctx.Request.Body()) {
+			return false
+		}
+		if embedRoutes[x.route.name] && g.serveEmbed(ctx, x, keyInAuthorization) {
+			return false
+		}
+	}
 	t, e, ok := g.targetOf(ctx, x)
 	if !ok {
 		g.reject(ctx, x, e)
@@ -147,6 +155,9 @@ func (g *Gateway) relay(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Re
 	resp.Header.CopyTo(&ctx.Response.Header)
 	stripResponseHop(&ctx.Response.Header)
 	ctx.Response.Header.Set(trace.HeaderCorrelationID, x.id)
+	if x.cacheState != "" {
+		ctx.Response.Header.Set(HeaderCache, x.cacheState)
+	}
 	x.status = resp.StatusCode()
 	if x.status >= 400 {
 		x.outcome = outcomeUpstreamHTTPError
@@ -193,6 +204,9 @@ func (g *Gateway) relay(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Re
 		}
 		if x.status == fasthttp.StatusOK {
 			noteReplyTelemetry(x, ctx.Response.Body())
+			if x.cacheStore && x.doneReason != "" {
+				g.storeAnswer(x, false, ctx.Response.Header.ContentType(), ctx.Response.Body())
+			}
 		}
 		return false
 	}

@@ -59,6 +59,9 @@ type stream struct {
 	// whether the connection serves on after it (hijack.go).
 	head               []byte
 	chunked, keepAlive bool
+	// rec collects the frames sent, as sent, for the response cache (nil:
+	// not recorded), and recType is the response's content type.
+	rec, recType []byte
 }
 
 func (g *Gateway) newStream(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Response, release func(), sse bool, translate translator) *stream {
@@ -73,6 +76,10 @@ func (g *Gateway) newStream(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthtt
 	}
 	if !x.route.manage {
 		s.maxBytes = g.cfg.MaxStreamBytes
+	}
+	if x.cacheStore {
+		s.rec = make([]byte, 0, 4<<10)
+		s.recType = append([]byte(nil), ctx.Response.Header.ContentType()...)
 	}
 	g.streams.add(s)
 	return s
@@ -197,6 +204,13 @@ func (s *stream) nextFrame() {
 		frame = out
 	}
 	s.out, s.off = frame, 0
+	if s.rec != nil {
+		if len(s.rec)+len(frame) > s.g.cache.MaxEntryBytes() || !recordable(frame) {
+			s.rec = nil
+		} else {
+			s.rec = append(s.rec, frame...)
+		}
+	}
 	if d := s.g.cfg.WriteIdleTimeout; d > 0 {
 		// The server writes this frame right after Read returns, in this
 		// goroutine: a client that takes nothing for WriteIdleTimeout fails
@@ -271,6 +285,11 @@ func (s *stream) CloseWithError(writeErr error) error {
 	s.closed = true
 	s.mu.Unlock()
 	s.g.streams.remove(s)
+	if s.rec != nil && writeErr == nil && x.outcome == "" && x.status == fasthttp.StatusOK && x.doneReason != "" {
+		// A complete answer, wholly sent: kept for the next request.
+		s.g.storeAnswer(x, true, s.recType, s.rec)
+	}
+	s.rec = nil
 	_ = s.conn.SetWriteDeadline(time.Time{})
 	pool.ClearLimit(s.resp)
 	// Not read to EOF: fasthttp closes the upstream connection instead of

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/vega-gateway/vega-gateway/cache"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/pool"
 )
@@ -64,6 +65,7 @@ type Metrics struct {
 	started   time.Time
 	pools     func() []pool.Snapshot
 	streams   func() int
+	cacheSnap func() cache.Snapshot // nil: no response cache
 	reg       *prometheus.Registry
 	requests  *prometheus.CounterVec
 	duration  *prometheus.HistogramVec

@@ -11,6 +11,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/vega-gateway/vega-gateway/cache"
 )
 
 // ResourceStats is the JSON view of /admin/resources/stats. Every figure
@@ -36,6 +38,10 @@ type ResourceStats struct {
 	ClientDisconnects int64                 `json:"client_disconnects"`
 	UpstreamErrors    int64                 `json:"upstream_errors"`
 	Upstreams         []UpstreamHealth      `json:"upstreams"`
+	// Cache is the response cache's numbers: hits, misses, bypasses and
+	// hit rate, overall and by route and model, bytes held and evictions
+	// (null when cache.enabled is false).
+	Cache *cache.Snapshot `json:"cache"`
 }
 
 // Percentiles are estimates from histogram buckets, by linear
@@ -115,6 +121,10 @@ func (m *Metrics) Stats() ResourceStats {
 	if m.streams != nil {
 		n := int64(m.streams())
 		st.StreamsActive = &n
+	}
+	if m.cacheSnap != nil {
+		cs := m.cacheSnap()
+		st.Cache = &cs
 	}
 	st.DurationMS = dur.percentiles()
 	st.TTFBMS = ttfb.percentiles()

@@ -90,6 +90,24 @@ func (s *Server) model(name string) (*modelEntry, bool) {
 	return m, ok
 }
 
+// Repull gives a known model a new digest, as pulling changed weights
+// under the same name does (the response cache must then miss). It
+// reports false for an unknown model.
+func (s *Server) Repull(name string) bool {
+	n := normalizeModel(name)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old, ok := s.models[n]
+	if !ok {
+		return false
+	}
+	m := *old
+	sum := sha256.Sum256([]byte(m.digest))
+	m.digest = hex.EncodeToString(sum[:])
+	s.models[n] = &m
+	return true
+}
+
 func (s *Server) removeModel(name string) bool {
 	n := normalizeModel(name)
 	s.mu.Lock()

@@ -274,7 +274,7 @@ func (x *exchange) embed() {
 	g := x.newGen(req.Model, 0, wordCount(inputs...))
 	g.words(inputs...)
 	g.embed, g.keepAlive = true, keepAliveOf(req.KeepAlive)
-	if !x.prepare(g, true) {
+	if !x.prepare(g, true) || !x.pause(x.s.cfg.EmbedDelay) {
 		return
 	}
 	vecs := make([][]float32, 0, len(inputs))
@@ -304,7 +304,7 @@ func (x *exchange) embeddings() {
 	g := x.newGen(req.Model, 0, wordCount(req.Prompt))
 	g.words(req.Prompt)
 	g.embed, g.keepAlive = true, keepAliveOf(req.KeepAlive)
-	if !x.prepare(g, true) {
+	if !x.prepare(g, true) || !x.pause(x.s.cfg.EmbedDelay) {
 		return
 	}
 	vec := []float64{}

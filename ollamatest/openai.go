@@ -250,7 +250,7 @@ func (x *exchange) openAIEmbeddings() {
 	g := x.newGen(req.Model, 0, wordCount(inputs...))
 	g.words(inputs...)
 	g.embed = true
-	if !x.prepare(g, true) {
+	if !x.prepare(g, true) || !x.pause(x.s.cfg.EmbedDelay) {
 		return
 	}
 	type embedding struct {

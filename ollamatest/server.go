@@ -76,6 +76,11 @@ type Config struct {
 	// IdleTimeout closes keep-alive connections idle this long (stale
 	// keep-alive tests). Zero means never.
 	IdleTimeout time.Duration `mapstructure:"idle_timeout"`
+	// EmbedDelay is how long each embedding request (/api/embed,
+	// /api/embeddings, /v1/embeddings) takes once its model is loaded,
+	// whatever the batch size: what a small embedding model costs a GPU
+	// per batch (about 5 ms). Zero means no wait.
+	EmbedDelay time.Duration `mapstructure:"embed_delay"`
 	// RecordLimit is how many requests and connections Requests and Conns
 	// keep. Default DefaultRecordLimit.
 	RecordLimit int `mapstructure:"record_limit"`
@@ -125,6 +130,8 @@ func NewServer(cfg Config) (*Server, error) {
 		return nil, errors.New("ollamatest: token_delay: must not be negative")
 	case cfg.LoadDelay < 0:
 		return nil, errors.New("ollamatest: load_delay: must not be negative")
+	case cfg.EmbedDelay < 0:
+		return nil, errors.New("ollamatest: embed_delay: must not be negative")
 	case cfg.IdleTimeout < 0:
 		return nil, errors.New("ollamatest: idle_timeout: must not be negative")
 	}

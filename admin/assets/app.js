@@ -142,6 +142,21 @@
     $("fleet").querySelector("tbody").innerHTML = rows.join("");
   }
 
+  function pct(r) { return (100 * (r || 0)).toFixed(1) + "%"; }
+
+  // renderCache shows the response cache's section (hidden when it is off).
+  function renderCache(c) {
+    $("cache-section").hidden = !c;
+    if (!c) { return; }
+    var held = c.store === "redis" ? "in Redis, " + fmt(c.store_errors) + " store errors" :
+      bytes(c.bytes) + " of " + bytes(c.max_bytes) + ", " + fmt(c.entries) + " entries, " + fmt(c.evictions) + " evictions";
+    $("cache-summary").textContent = "hit rate " + pct(c.hit_rate) + " · " + held;
+    $("cache").querySelector("tbody").innerHTML = (c.routes || []).map(function (r) {
+      return "<tr><td>" + esc(r.route) + "</td><td>" + esc(r.model) + "</td><td>" + fmt(r.hits) + "</td><td>" + fmt(r.misses) +
+        "</td><td>" + fmt(r.bypasses) + "</td><td>" + pct(r.hit_rate) + "</td></tr>";
+    }).join("");
+  }
+
   function render(pools, st) {
     var p = pools || {};
     var backends = p.pools && p.pools.length ? p.pools : [p];
@@ -193,6 +208,7 @@
     });
     $("models").querySelector("tbody").innerHTML = rows.join("");
     renderFleet(backends, p.routing);
+    renderCache(st.cache);
     document.body.dataset.samples = String(series.pool.max.length);
   }
 
