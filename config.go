@@ -92,6 +92,7 @@ func defaults() map[string]any {
 		"gateway.max_stream_bytes":    0,
 		"gateway.max_header_bytes":    gateway.DefaultMaxHeaderBytes,
 		"gateway.max_body_bytes":      gateway.DefaultMaxBodyBytes,
+		"gateway.max_blob_bytes":      int64(gateway.DefaultMaxBlobBytes),
 		"gateway.max_frame_bytes":     gateway.DefaultMaxFrameBytes,
 		"gateway.model_allowlist":     []string{},
 		"gateway.max_keep_alive":      0,

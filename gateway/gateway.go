@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"errors"
+	"math"
 	"net"
 	"strconv"
 	"strings"
@@ -106,16 +107,25 @@ func New(cfg Config, chat ChatConfig, auth AuthConfig, backends *fleet.Fleet, lo
 	}
 	g.keys.Store(keys)
 	g.server = &fasthttp.Server{
-		Handler:                      g.serve,
-		ErrorHandler:                 g.serveError,
-		Name:                         "vega-gateway",
-		NoDefaultServerHeader:        true,
-		ReadBufferSize:               cfg.MaxHeaderBytes,
-		WriteBufferSize:              2 << 10, // frames are flushed one by one; a big buffer only costs memory per stream
-		ReadTimeout:                  cfg.ReadTimeout,
-		Concurrency:                  cfg.MaxClientConnections,
-		IdleTimeout:                  cfg.KeepAliveTimeout,
-		MaxRequestBodySize:           max(cfg.MaxBodyBytes, chat.MaxBodyBytes),
+		Handler:               g.serve,
+		ErrorHandler:          g.serveError,
+		Name:                  "vega-gateway",
+		NoDefaultServerHeader: true,
+		ReadBufferSize:        cfg.MaxHeaderBytes,
+		WriteBufferSize:       2 << 10, // frames are flushed one by one; a big buffer only costs memory per stream
+		ReadTimeout:           cfg.ReadTimeout,
+		Concurrency:           cfg.MaxClientConnections,
+		IdleTimeout:           cfg.KeepAliveTimeout,
+		// Bodies are streamed so that a blob upload goes upstream as it
+		// arrives, never whole in memory (upload.go); every other body is
+		// read whole by the handler under its route's limit (body.go).
+		// With streaming, MaxRequestBodySize only bounds what the server
+		// reads of a body before calling the handler (up to 8 KiB, and it
+		// waits for them): one byte, so that a body over its limit is
+		// refused at its first byte, and the handler copies the rest from
+		// the connection's buffer once, not twice.
+		StreamRequestBody:            true,
+		MaxRequestBodySize:           1,
 		DisablePreParseMultipartForm: true,
 		SecureErrorLogMessage:        true,
 		TCPKeepalive:                 true,
@@ -248,6 +258,19 @@ func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 		ctx.SetConnectionClose()
 		return
 	}
+	if streamsBody(ctx, x.route) {
+		if e, ok := g.checkUploadLength(ctx); !ok {
+			g.reject(ctx, x, e)
+			ctx.SetConnectionClose()
+			return
+		}
+	} else if e, ok := g.readBody(ctx, x, max(g.cfg.MaxBodyBytes, g.chat.MaxBodyBytes)); !ok {
+		// The /chat handler applies its own, smaller limit, with its own
+		// message, on a connection that stays usable.
+		g.reject(ctx, x, e)
+		ctx.SetConnectionClose()
+		return
+	}
 	if over, wait := g.failures.blocked(x.remote, x.start); over {
 		g.reject(ctx, x, apiError{429, "rate_limited", "too many failed authentications from this address", outcomeAuthFailed, strconv.FormatInt(wait, 10)})
 		return
@@ -269,6 +292,10 @@ func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 	}
 	if x.route.family == familyChat {
 		handedOff = g.serveChat(ctx, x)
+		return
+	}
+	if streamsBody(ctx, x.route) {
+		handedOff = g.serveUpload(ctx, x, fromAuthz)
 		return
 	}
 	handedOff = g.proxy(ctx, x, fromAuthz)
@@ -341,6 +368,12 @@ func (g *Gateway) bodyLimit(h *fasthttp.RequestHeader) int {
 	}
 	if string(path) == "/chat" {
 		return g.chat.MaxBodyBytes
+	}
+	if bytes.HasPrefix(path, prefixBlobs) && string(h.Method()) == fasthttp.MethodPost {
+		if g.cfg.MaxBlobBytes <= 0 || g.cfg.MaxBlobBytes > math.MaxInt {
+			return math.MaxInt
+		}
+		return int(g.cfg.MaxBlobBytes)
 	}
 	return g.cfg.MaxBodyBytes
 }
