@@ -208,6 +208,14 @@ var digestRE = regexp.MustCompile(`^sha256[:-][0-9a-fA-F]{64}$`)
 
 func blobKey(digest string) string { return "sha256:" + strings.ToLower(digest[7:]) }
 
+// ForgetBlobs drops every uploaded blob, as if deleted from the store, so
+// that the same blob can be uploaded again (benchmarks do).
+func (s *Server) ForgetBlobs() {
+	s.mu.Lock()
+	clear(s.blobs)
+	s.mu.Unlock()
+}
+
 // headBlob answers HEAD /api/blobs/:digest: 200 if uploaded, else 404.
 func (x *exchange) headBlob() {
 	if !digestRE.MatchString(x.param) {
