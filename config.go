@@ -93,6 +93,8 @@ func defaults() map[string]any {
 		"gateway.max_header_bytes":    gateway.DefaultMaxHeaderBytes,
 		"gateway.max_body_bytes":      gateway.DefaultMaxBodyBytes,
 		"gateway.max_blob_bytes":      int64(gateway.DefaultMaxBlobBytes),
+		"gateway.tls.cert_file":       "",
+		"gateway.tls.key_file":        "",
 		"gateway.max_frame_bytes":     gateway.DefaultMaxFrameBytes,
 		"gateway.model_allowlist":     []string{},
 		"gateway.max_keep_alive":      0,
@@ -108,6 +110,8 @@ func defaults() map[string]any {
 		"gateway.trusted_proxies":        []string{},
 
 		"admin.listen":                 admin.DefaultListen,
+		"admin.tls.cert_file":          "",
+		"admin.tls.key_file":           "",
 		"upstream.url":                 pool.DefaultURL,
 		"upstream.default_model":       gateway.DefaultDefaultModel,
 		"upstream.connect_timeout":     pool.DefaultConnectTimeout,

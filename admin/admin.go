@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/pool"
+	"github.com/vega-gateway/vega-gateway/tlsfiles"
 )
 
 // DefaultListen keeps the admin listener on loopback unless told otherwise.
@@ -23,6 +25,10 @@ type Config struct {
 	// Listen is the admin listener's address. Default DefaultListen. A
 	// non-loopback address requires admin keys (main enforces this).
 	Listen string `mapstructure:"listen"`
+	// TLS is the admin listener's certificate and key (config keys
+	// admin.tls.cert_file and key_file): both set, HTTPS (files reloaded
+	// when they change); neither, plain HTTP (the default).
+	TLS tlsfiles.Config `mapstructure:"tls"`
 }
 
 // Sources are the functions the admin server reads what it shows from.
@@ -53,6 +59,7 @@ type Server struct {
 	log      zerolog.Logger
 	server   *fasthttp.Server
 	loopback bool
+	tls      *tls.Config // nil: plain HTTP
 }
 
 // New validates cfg and builds the server. It starts nothing.
@@ -64,6 +71,13 @@ func New(cfg Config, src Sources, log zerolog.Logger) (*Server, error) {
 		return nil, fmt.Errorf("admin: the Ready source and a Pools or Fleet source are required")
 	}
 	s := &Server{cfg: cfg, src: src, log: log, loopback: IsLoopback(cfg.Listen)}
+	cert, err := tlsfiles.Load(cfg.TLS, "admin.tls", log)
+	if err != nil {
+		return nil, err
+	}
+	if cert != nil {
+		s.tls = cert.ServerConfig()
+	}
 	s.server = &fasthttp.Server{
 		Handler:               s.serve,
 		Name:                  "vega-gateway-admin",
@@ -90,7 +104,12 @@ func IsLoopback(listen string) bool {
 }
 
 // Serve accepts connections on ln until Shutdown.
-func (s *Server) Serve(ln net.Listener) error { return s.server.Serve(ln) }
+func (s *Server) Serve(ln net.Listener) error {
+	if s.tls != nil {
+		ln = tls.NewListener(ln, s.tls)
+	}
+	return s.server.Serve(ln)
+}
 
 // Shutdown stops the listener and waits for open requests until ctx ends.
 func (s *Server) Shutdown(ctx context.Context) error { return s.server.ShutdownWithContext(ctx) }

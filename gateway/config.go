@@ -3,6 +3,8 @@ package gateway
 import (
 	"fmt"
 	"time"
+
+	"github.com/vega-gateway/vega-gateway/tlsfiles"
 )
 
 // Defaults, applied where a Config field is zero.
@@ -138,6 +140,11 @@ type Config struct {
 	// trusted is TrustedProxies parsed (by withDefaults; validate reports
 	// a bad entry).
 	trusted trustedProxies
+	// TLS is the data listener's certificate and key (config keys
+	// gateway.tls.cert_file and key_file): both set, the listener speaks
+	// HTTPS (TLS 1.2 or later, the files reloaded when they change);
+	// neither, plain HTTP (the default).
+	TLS tlsfiles.Config `mapstructure:"tls"`
 	// DefaultModel is the model /chat uses when a request names none
 	// (config key upstream.default_model). Default DefaultDefaultModel.
 	DefaultModel string `mapstructure:"-"`

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"math"
 	"net"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/pool"
+	"github.com/vega-gateway/vega-gateway/tlsfiles"
 )
 
 // Gateway is the data listener: the proxy in front of a fleet of upstream
@@ -52,6 +54,9 @@ type Gateway struct {
 	// faultHook, when set (tests only), is called at named points of the
 	// request path so tests can inject panics.
 	faultHook func(where string)
+	// tls, when set, makes every accepted connection a TLS server
+	// connection (gateway.tls).
+	tls *tls.Config
 }
 
 // Record is what the gateway tells its observer about each finished
@@ -106,6 +111,13 @@ func New(cfg Config, chat ChatConfig, auth AuthConfig, backends *fleet.Fleet, lo
 		g.allowed[normalizeModel(m)] = true
 	}
 	g.keys.Store(keys)
+	cert, err := tlsfiles.Load(cfg.TLS, "gateway.tls", log)
+	if err != nil {
+		return nil, err
+	}
+	if cert != nil {
+		g.tls = cert.ServerConfig()
+	}
 	g.server = &fasthttp.Server{
 		Handler:               g.serve,
 		ErrorHandler:          g.serveError,
@@ -160,7 +172,9 @@ func (g *Gateway) Open() bool { return g.keys.Load().Open() }
 // Panics is the number of handler panics recovered so far.
 func (g *Gateway) Panics() int64 { return g.panics.Load() }
 
-// Serve accepts connections on ln until Shutdown.
+// Serve accepts connections on ln until Shutdown; with gateway.tls set,
+// each is a TLS connection (its handshake runs in the connection's
+// goroutine, under gateway.read_timeout).
 func (g *Gateway) Serve(ln net.Listener) error {
 	return g.server.Serve(&connLimitListener{Listener: ln, g: g})
 }

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"crypto/tls"
 	"errors"
 	"net"
 	"strconv"
@@ -320,7 +321,9 @@ func (w *chunkWriter) send(a, b, c []byte) error {
 // them. Over the limit, a new connection gets the same plain-text 503 as
 // from fasthttp and is closed; the accept loop is fasthttp's, so the check
 // against its open-connection count is exact. An accepted connection is
-// returned as a clientSock (readahead.go).
+// returned as a clientSock (readahead.go), under TLS when gateway.tls is
+// set. A refused connection gets its 503 in plain text before any
+// handshake: a TLS client sees a failed handshake.
 type connLimitListener struct {
 	net.Listener
 	g *Gateway
@@ -342,6 +345,11 @@ func (l *connLimitListener) Accept() (net.Conn, error) {
 		g := l.g
 		hj := int(g.hijacked.Load())
 		if hj == 0 || int(g.server.GetOpenConnectionsCount())+hj < g.cfg.MaxClientConnections {
+			if g.tls != nil {
+				// TLS over the read-ahead socket: its lazy deadlines and
+				// single-syscall reads serve the record layer as well.
+				return tls.Server(newClientSock(c), g.tls), nil
+			}
 			return newClientSock(c), nil
 		}
 		_ = c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
