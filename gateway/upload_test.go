@@ -255,3 +255,28 @@ func TestOllamaCreateThroughFleet(t *testing.T) {
 		}
 	}
 }
+
+// TestBlobUploadFleetClientLeaves: a client that hangs up mid-upload
+// breaks off the upload on every backend it was teed to; none is left
+// waiting for the rest of the body.
+func TestBlobUploadFleetClientLeaves(t *testing.T) {
+	e := startFleetEnv(t, [][]string{{"llama3.2"}, {"llama3.2"}, {"llama3.2"}}, ollamatest.Config{}, nil)
+	digest := "sha256:" + strings.Repeat("ef", 32)
+	c, _ := rawRequest(t, e.url, fmt.Sprintf("POST /api/blobs/%s HTTP/1.1\r\nHost: x\r\nX-Correlation-ID: fleet-hang-up\r\nContent-Length: %d\r\n\r\n", digest, 4<<20))
+	if _, err := io.WriteString(c, strings.Repeat("q", 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	for i, f := range e.fakes {
+		waitFor(t, 5*time.Second, fmt.Sprintf("backend %d to receive the upload", i), func() bool { return len(blobRequests(f)) == 1 })
+	}
+	c.Close()
+	for i, f := range e.fakes {
+		waitFor(t, 5*time.Second, fmt.Sprintf("backend %d's upload to end", i), func() bool { return !blobRequests(f)[0].Finished.IsZero() })
+		if r := blobRequests(f)[0]; !r.Cancelled || r.BodySize >= 4<<20 {
+			t.Fatalf("backend %d's upload %+v, want it broken off", i, r)
+		}
+	}
+	if line := e.accessLine(t, "fleet-hang-up", ""); line["outcome"] != "client_closed" {
+		t.Fatalf("access line %v, want outcome client_closed", line)
+	}
+}
