@@ -397,9 +397,12 @@ func TestDefaultHealthURL(t *testing.T) {
 		"": "http://127.0.0.1:8000/healthz", ":9000": "http://127.0.0.1:9000/healthz",
 		"0.0.0.0:8080": "http://127.0.0.1:8080/healthz", "[::]:7000": "http://127.0.0.1:7000/healthz",
 	} {
-		if got := defaultHealthURL(in); got != want {
+		if got := defaultHealthURL(in, false); got != want {
 			t.Errorf("%q: %q, want %q", in, got, want)
 		}
+	}
+	if got, want := defaultHealthURL(":8443", true), "https://127.0.0.1:8443/healthz"; got != want {
+		t.Errorf("with TLS: %q, want %q", got, want)
 	}
 }
 

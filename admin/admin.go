@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/pool"
+	"github.com/vega-gateway/vega-gateway/tlsfiles"
 )
 
 // DefaultListen keeps the admin listener on loopback unless told otherwise.
@@ -39,6 +41,10 @@ type Config struct {
 	// ProfileKeep is how many profiles of each kind are kept, the newest.
 	// Default DefaultProfileKeep (6).
 	ProfileKeep int `mapstructure:"profile_keep"`
+	// TLS is the admin listener's certificate and key (config keys
+	// admin.tls.cert_file and key_file): both set, HTTPS (files reloaded
+	// when they change); neither, plain HTTP (the default).
+	TLS tlsfiles.Config `mapstructure:"tls"`
 }
 
 // Sources are the functions the admin server reads what it shows from.
@@ -71,6 +77,7 @@ type Server struct {
 	loopback bool
 	// profiler writes the periodic profiles (nil: off); RunProfiles runs it.
 	profiler *profiler
+	tls      *tls.Config // nil: plain HTTP
 }
 
 // New validates cfg and builds the server (and creates admin.profile_dir).
@@ -87,6 +94,13 @@ func New(cfg Config, src Sources, log zerolog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, src: src, log: log, loopback: IsLoopback(cfg.Listen), profiler: prof}
+	cert, err := tlsfiles.Load(cfg.TLS, "admin.tls", log)
+	if err != nil {
+		return nil, err
+	}
+	if cert != nil {
+		s.tls = cert.ServerConfig()
+	}
 	s.server = &fasthttp.Server{
 		Handler:               s.serve,
 		Name:                  "vega-gateway-admin",
@@ -113,7 +127,12 @@ func IsLoopback(listen string) bool {
 }
 
 // Serve accepts connections on ln until Shutdown.
-func (s *Server) Serve(ln net.Listener) error { return s.server.Serve(ln) }
+func (s *Server) Serve(ln net.Listener) error {
+	if s.tls != nil {
+		ln = tls.NewListener(ln, s.tls)
+	}
+	return s.server.Serve(ln)
+}
 
 // Shutdown stops the listener and waits for open requests until ctx ends.
 func (s *Server) Shutdown(ctx context.Context) error { return s.server.ShutdownWithContext(ctx) }

@@ -1,6 +1,9 @@
 package gateway
 
-import "syscall"
+import (
+	"crypto/tls"
+	"syscall"
+)
 
 // clientGone reports whether the client closed its connection,
 // without consuming any byte it sent (a pipelined request stays in the
@@ -10,7 +13,15 @@ import "syscall"
 // It is only called while a request waits in the pool's queue. A
 // connection that is not a socket is never reported gone.
 func (x *exchange) clientGone() bool {
-	sc, ok := x.conn.(syscall.Conn)
+	conn := x.conn
+	if tc, ok := conn.(*tls.Conn); ok {
+		// The socket under TLS. A client that closes with a close_notify
+		// alert leaves that record unread in front of its end-of-file,
+		// and is seen gone only when a write fails; one that resets or
+		// closes without the alert is seen here.
+		conn = tc.NetConn()
+	}
+	sc, ok := conn.(syscall.Conn)
 	if !ok {
 		return false
 	}

@@ -3,20 +3,27 @@ package gateway
 import (
 	"fmt"
 	"time"
+
+	"github.com/vega-gateway/vega-gateway/tlsfiles"
 )
 
 // Defaults, applied where a Config field is zero.
 const (
-	DefaultListen             = ":8000"
-	DefaultDefaultModel       = "llama3.2"
-	DefaultReadTimeout        = 30 * time.Second
-	DefaultKeepAliveTimeout   = 60 * time.Second
-	DefaultWriteIdleTimeout   = 30 * time.Second
-	DefaultDrainTimeout       = 30 * time.Second
-	DefaultMaxStreamDuration  = 30 * time.Minute
-	DefaultMaxHeaderBytes     = 16 << 10
-	DefaultMaxBodyBytes       = 16 << 20
-	DefaultMaxFrameBytes      = 8 << 20
+	DefaultListen            = ":8000"
+	DefaultDefaultModel      = "llama3.2"
+	DefaultReadTimeout       = 30 * time.Second
+	DefaultKeepAliveTimeout  = 60 * time.Second
+	DefaultWriteIdleTimeout  = 30 * time.Second
+	DefaultDrainTimeout      = 30 * time.Second
+	DefaultMaxStreamDuration = 30 * time.Minute
+	DefaultMaxHeaderBytes    = 16 << 10
+	DefaultMaxBodyBytes      = 16 << 20
+	DefaultMaxFrameBytes     = 8 << 20
+	// DefaultMaxBlobBytes is config key gateway.max_blob_bytes's default
+	// (the gateway's own zero means no cap): above the largest GGUF files
+	// published (a 405B model at 8 bits is about 400 GiB split in parts of
+	// at most 50 GiB, the size Hugging Face caps a file at).
+	DefaultMaxBlobBytes       = 64 << 30
 	DefaultMaxChatBodyBytes   = 1 << 20
 	DefaultMaxPromptBytes     = 256 << 10
 	DefaultMaxHistoryMessages = 20
@@ -38,7 +45,9 @@ type Config struct {
 	// Listen is the data listener's address. Default DefaultListen.
 	Listen string `mapstructure:"listen"`
 	// ReadTimeout bounds reading one whole request, headers and body (the
-	// slow-loris clock). Default DefaultReadTimeout.
+	// slow-loris clock); a blob upload's body, which may take hours, is
+	// instead bounded per read: the upload fails with 408 when no byte of
+	// it has come for this long. Default DefaultReadTimeout.
 	ReadTimeout time.Duration `mapstructure:"read_timeout"`
 	// KeepAliveTimeout closes a client connection idle this long between
 	// requests (between 7/8 of it and all of it: the deadline is re-armed
@@ -68,6 +77,14 @@ type Config struct {
 	// MaxBodyBytes caps a pass-through request body (413 above it).
 	// Default DefaultMaxBodyBytes.
 	MaxBodyBytes int `mapstructure:"max_body_bytes"`
+	// MaxBlobBytes caps one blob upload (POST /api/blobs/:digest, what
+	// `ollama create` sends a GGUF file's weights as): a longer body gets
+	// 413, refused from its Content-Length before a byte goes upstream, or
+	// as soon as a chunked one passes the cap (the upstream upload is then
+	// aborted). The body is streamed to the backend as it arrives, never
+	// held. 0 means no cap; the config file's default is
+	// DefaultMaxBlobBytes.
+	MaxBlobBytes int64 `mapstructure:"max_blob_bytes"`
 	// MaxFrameBytes caps one NDJSON line or SSE event from the upstream
 	// (Ollama's Go client caps a line at 8 MiB). Default DefaultMaxFrameBytes.
 	MaxFrameBytes int `mapstructure:"max_frame_bytes"`
@@ -123,6 +140,11 @@ type Config struct {
 	// trusted is TrustedProxies parsed (by withDefaults; validate reports
 	// a bad entry).
 	trusted trustedProxies
+	// TLS is the data listener's certificate and key (config keys
+	// gateway.tls.cert_file and key_file): both set, the listener speaks
+	// HTTPS (TLS 1.2 or later, the files reloaded when they change);
+	// neither, plain HTTP (the default).
+	TLS tlsfiles.Config `mapstructure:"tls"`
 	// DefaultModel is the model /chat uses when a request names none
 	// (config key upstream.default_model). Default DefaultDefaultModel.
 	DefaultModel string `mapstructure:"-"`
@@ -235,6 +257,9 @@ func (c Config) validate() error {
 		if n < 0 {
 			return fmt.Errorf("gateway.%s: must not be negative, got %d", name, n)
 		}
+	}
+	if c.MaxBlobBytes < 0 {
+		return fmt.Errorf("gateway.max_blob_bytes: must not be negative, got %d (0 means no cap)", c.MaxBlobBytes)
 	}
 	if c.MaxStreamBytes < 0 {
 		return fmt.Errorf("gateway.max_stream_bytes: must not be negative, got %d", c.MaxStreamBytes)

@@ -34,8 +34,11 @@ type exchange struct {
 	// traceparent is the header value sent upstream.
 	traceparent []byte
 	scratch     []byte
-	model       string
-	keyName     string
+	// body holds the request body read whole (body.go); reused across
+	// requests while small.
+	body    []byte
+	model   string
+	keyName string
 	// conn is the client connection; goneFn is x.clientGone, bound once
 	// per pooled exchange so passing it to the pool does not allocate.
 	conn   net.Conn
@@ -124,9 +127,9 @@ var (
 func (g *Gateway) newExchange(ctx *fasthttp.RequestCtx) *exchange {
 	x := exchangePool.Get().(*exchange)
 	// Keep the pooled buffers across the reset.
-	path, remote, tp, scratch, goneFn := x.path[:0], x.remote[:0], x.traceparent[:0], x.scratch[:0], x.goneFn
+	path, remote, tp, scratch, body, goneFn := x.path[:0], x.remote[:0], x.traceparent[:0], x.scratch[:0], x.body[:0], x.goneFn
 	*x = exchange{g: g, start: time.Now(), path: append(path, ctx.Path()...), remote: append(remote, ctx.RemoteIP()...),
-		scratch: scratch, goneFn: goneFn, conn: ctx.Conn()}
+		scratch: scratch, body: body, goneFn: goneFn, conn: ctx.Conn()}
 	// Behind a trusted proxy the client is in its X-Forwarded-For (B-61).
 	x.remote = g.clientIP(x.remote, &ctx.Request.Header)
 	// One walk over the headers finds the IDs: three lookups would each
@@ -159,7 +162,9 @@ func (g *Gateway) newExchange(ctx *fasthttp.RequestCtx) *exchange {
 		x.startSpan()
 	}
 	x.method = methodString(ctx.Method())
-	x.bytesIn = len(ctx.Request.Header.RawHeaders()) + len(ctx.Request.Body())
+	// The body is still on the wire (the server streams bodies): counted
+	// by its declared length until read (body.go, upload.go).
+	x.bytesIn = len(ctx.Request.Header.RawHeaders()) + max(ctx.Request.Header.ContentLength(), 0)
 	// The response's header names are written as set, like the upstream's
 	// once relay copies them in (the pool keeps those as sent): the same
 	// spelling whichever way the response is made, and no normalising.
@@ -277,6 +282,7 @@ func (x *exchange) finish() {
 		g.inFlight.Add(-1)
 	}
 	x.g, x.key, x.conn, x.backend, x.up = nil, nil, nil, nil, nil
+	x.releaseBody()
 	exchangePool.Put(x)
 }
 

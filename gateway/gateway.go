@@ -2,7 +2,9 @@ package gateway
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
+	"math"
 	"net"
 	"strconv"
 	"strings"
@@ -16,6 +18,7 @@ import (
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/otelx"
 	"github.com/vega-gateway/vega-gateway/pool"
+	"github.com/vega-gateway/vega-gateway/tlsfiles"
 )
 
 // Gateway is the data listener: the proxy in front of a fleet of upstream
@@ -58,6 +61,9 @@ type Gateway struct {
 	// faultHook, when set (tests only), is called at named points of the
 	// request path so tests can inject panics.
 	faultHook func(where string)
+	// tls, when set, makes every accepted connection a TLS server
+	// connection (gateway.tls).
+	tls *tls.Config
 }
 
 // Record is what the gateway tells its observer about each finished
@@ -115,17 +121,33 @@ func New(cfg Config, chat ChatConfig, auth AuthConfig, backends *fleet.Fleet, lo
 		g.pool = b.Pool // a fleet of discovery alone starts empty
 	}
 	g.keys.Store(keys)
+	cert, err := tlsfiles.Load(cfg.TLS, "gateway.tls", log)
+	if err != nil {
+		return nil, err
+	}
+	if cert != nil {
+		g.tls = cert.ServerConfig()
+	}
 	g.server = &fasthttp.Server{
-		Handler:                      g.serve,
-		ErrorHandler:                 g.serveError,
-		Name:                         "vega-gateway",
-		NoDefaultServerHeader:        true,
-		ReadBufferSize:               cfg.MaxHeaderBytes,
-		WriteBufferSize:              2 << 10, // frames are flushed one by one; a big buffer only costs memory per stream
-		ReadTimeout:                  cfg.ReadTimeout,
-		Concurrency:                  cfg.MaxClientConnections,
-		IdleTimeout:                  cfg.KeepAliveTimeout,
-		MaxRequestBodySize:           max(cfg.MaxBodyBytes, chat.MaxBodyBytes),
+		Handler:               g.serve,
+		ErrorHandler:          g.serveError,
+		Name:                  "vega-gateway",
+		NoDefaultServerHeader: true,
+		ReadBufferSize:        cfg.MaxHeaderBytes,
+		WriteBufferSize:       2 << 10, // frames are flushed one by one; a big buffer only costs memory per stream
+		ReadTimeout:           cfg.ReadTimeout,
+		Concurrency:           cfg.MaxClientConnections,
+		IdleTimeout:           cfg.KeepAliveTimeout,
+		// Bodies are streamed so that a blob upload goes upstream as it
+		// arrives, never whole in memory (upload.go); every other body is
+		// read whole by the handler under its route's limit (body.go).
+		// With streaming, MaxRequestBodySize only bounds what the server
+		// reads of a body before calling the handler (up to 8 KiB, and it
+		// waits for them): one byte, so that a body over its limit is
+		// refused at its first byte, and the handler copies the rest from
+		// the connection's buffer once, not twice.
+		StreamRequestBody:            true,
+		MaxRequestBodySize:           1,
 		DisablePreParseMultipartForm: true,
 		SecureErrorLogMessage:        true,
 		TCPKeepalive:                 true,
@@ -160,7 +182,9 @@ func (g *Gateway) Open() bool { return g.keys.Load().Open() }
 // Panics is the number of handler panics recovered so far.
 func (g *Gateway) Panics() int64 { return g.panics.Load() }
 
-// Serve accepts connections on ln until Shutdown.
+// Serve accepts connections on ln until Shutdown; with gateway.tls set,
+// each is a TLS connection (its handshake runs in the connection's
+// goroutine, under gateway.read_timeout).
 func (g *Gateway) Serve(ln net.Listener) error {
 	return g.server.Serve(&connLimitListener{Listener: ln, g: g})
 }
@@ -258,6 +282,19 @@ func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 		ctx.SetConnectionClose()
 		return
 	}
+	if streamsBody(ctx, x.route) {
+		if e, ok := g.checkUploadLength(ctx); !ok {
+			g.reject(ctx, x, e)
+			ctx.SetConnectionClose()
+			return
+		}
+	} else if e, ok := g.readBody(ctx, x, max(g.cfg.MaxBodyBytes, g.chat.MaxBodyBytes)); !ok {
+		// The /chat handler applies its own, smaller limit, with its own
+		// message, on a connection that stays usable.
+		g.reject(ctx, x, e)
+		ctx.SetConnectionClose()
+		return
+	}
 	if over, wait := g.failures.blocked(x.remote, x.start); over {
 		g.reject(ctx, x, apiError{429, "rate_limited", "too many failed authentications from this address", outcomeAuthFailed, strconv.FormatInt(wait, 10)})
 		return
@@ -279,6 +316,10 @@ func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 	}
 	if x.route.family == familyChat {
 		handedOff = g.serveChat(ctx, x)
+		return
+	}
+	if streamsBody(ctx, x.route) {
+		handedOff = g.serveUpload(ctx, x, fromAuthz)
 		return
 	}
 	handedOff = g.proxy(ctx, x, fromAuthz)
@@ -351,6 +392,12 @@ func (g *Gateway) bodyLimit(h *fasthttp.RequestHeader) int {
 	}
 	if string(path) == "/chat" {
 		return g.chat.MaxBodyBytes
+	}
+	if bytes.HasPrefix(path, prefixBlobs) && string(h.Method()) == fasthttp.MethodPost {
+		if g.cfg.MaxBlobBytes <= 0 || g.cfg.MaxBlobBytes > math.MaxInt {
+			return math.MaxInt
+		}
+		return int(g.cfg.MaxBlobBytes)
 	}
 	return g.cfg.MaxBodyBytes
 }

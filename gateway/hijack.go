@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"crypto/tls"
 	"errors"
 	"net"
 	"strconv"
@@ -142,53 +143,74 @@ func growStack(i int) byte {
 // clientConn is a client connection that a stream took from fasthttp and
 // hands back to it (Server.ServeConn) for the client's next request.
 //
-// Reads go through fasthttp's hijack wrapper, which holds any bytes the
-// client pipelined behind the stream's request; writes, deadlines and the
-// client-gone check go to the socket itself, whose writev and syscall
-// access the wrapper hides. A connection that carries stream after stream
-// keeps one clientConn: handback finds it again under the next wrapper.
+// Reads go to the socket, or, while the client has pipelined bytes behind
+// the stream's request, through fasthttp's hijack wrapper, whose buffer
+// holds them; writes, deadlines and the client-gone check go to the socket
+// itself, whose writev and syscall access the wrapper hides. A connection
+// that carries stream after stream keeps one clientConn: handback finds it
+// again under the next wrapper.
 type clientConn struct {
-	net.Conn          // fasthttp's hijack wrapper
-	sock     net.Conn // the socket
+	net.Conn          // the socket, or fasthttp's hijack wrapper (see handback)
+	sock     net.Conn // the socket (the TLS connection under gateway.tls)
 	// keepAlive is gateway.keepalive_timeout. ServeConn takes a handed-back
 	// connection for a new one and waits for its first request only
 	// read_timeout; waitIdle makes that first deadline keepAlive, as for
 	// any keep-alive connection.
 	keepAlive time.Duration
 	waitIdle  bool
-	// probed records a zero-length Read (see handback).
-	probed bool
+	// pending is a byte handback read from the wrapper, served first.
+	pending []byte
 }
+
+// expired is a read deadline long past: a read under it returns what is
+// already buffered, or fails at once without waiting or reading.
+var expired = time.Unix(1, 0)
 
 // handback returns the clientConn for a connection fasthttp has just
 // handed to a hijack handler.
+//
+// fasthttp's wrapper reads through the connection's read buffer
+// (gateway.max_header_bytes), which, with Server.StreamRequestBody
+// (upload.go), it hands over instead of returning it to its pool: kept,
+// every stream would hold one for its whole life, and a connection that
+// carries stream after stream would pile wrappers up. So the wrapper is
+// kept only while it holds bytes the client pipelined behind the stream's
+// request. A one-byte read under an expired deadline tells: a byte comes
+// back if one is buffered (kept in pending and served first), else the
+// read fails at once, having read nothing, and the wrapper and its buffer
+// are let go.
 func handback(hijacked net.Conn, keepAlive time.Duration) *clientConn {
 	u, ok := hijacked.(interface{ UnsafeConn() net.Conn })
 	if !ok { // not fasthttp's wrapper: nothing to see through
 		return &clientConn{Conn: hijacked, sock: hijacked, keepAlive: keepAlive}
 	}
 	under := u.UnsafeConn()
-	prev, ok := under.(*clientConn)
-	if !ok {
-		return &clientConn{Conn: hijacked, sock: under, keepAlive: keepAlive}
+	prev, handedBack := under.(*clientConn)
+	sock := under
+	if handedBack {
+		sock = prev.sock
 	}
-	// The connection was handed back before. fasthttp's new wrapper reads
-	// from prev itself unless the client pipelined bytes behind this
-	// request, which it then keeps in a buffer of its own: a zero-length
-	// read reaches prev only in the first case, where prev serves on and
-	// wrappers do not pile up, one per stream.
-	prev.probed = false
-	_, _ = hijacked.Read(nil)
-	if prev.probed {
+	if sock.SetReadDeadline(expired) != nil {
+		return &clientConn{Conn: hijacked, sock: sock, keepAlive: keepAlive}
+	}
+	var b [1]byte
+	n, _ := hijacked.Read(b[:])
+	if sock.SetReadDeadline(time.Time{}) != nil || n == 1 {
+		return &clientConn{Conn: hijacked, sock: sock, keepAlive: keepAlive, pending: b[:n]}
+	}
+	if handedBack {
+		// Nothing new is buffered: what the client sent after the earlier
+		// stream is in prev (its pending byte, its wrapper) or the socket.
 		return prev
 	}
-	return &clientConn{Conn: hijacked, sock: prev.sock, keepAlive: keepAlive}
+	return &clientConn{Conn: sock, sock: sock, keepAlive: keepAlive}
 }
 
 func (c *clientConn) Read(p []byte) (int, error) {
-	if len(p) == 0 {
-		c.probed = true
-		return 0, nil
+	if len(c.pending) > 0 && len(p) > 0 {
+		n := copy(p, c.pending)
+		c.pending = c.pending[n:]
+		return n, nil
 	}
 	return c.Conn.Read(p)
 }
@@ -319,7 +341,9 @@ func (w *chunkWriter) send(a, b, c []byte) error {
 // them. Over the limit, a new connection gets the same plain-text 503 as
 // from fasthttp and is closed; the accept loop is fasthttp's, so the check
 // against its open-connection count is exact. An accepted connection is
-// returned as a clientSock (readahead.go).
+// returned as a clientSock (readahead.go), under TLS when gateway.tls is
+// set. A refused connection gets its 503 in plain text before any
+// handshake: a TLS client sees a failed handshake.
 type connLimitListener struct {
 	net.Listener
 	g *Gateway
@@ -341,6 +365,11 @@ func (l *connLimitListener) Accept() (net.Conn, error) {
 		g := l.g
 		hj := int(g.hijacked.Load())
 		if hj == 0 || int(g.server.GetOpenConnectionsCount())+hj < g.cfg.MaxClientConnections {
+			if g.tls != nil {
+				// TLS over the read-ahead socket: its lazy deadlines and
+				// single-syscall reads serve the record layer as well.
+				return tls.Server(newClientSock(c), g.tls), nil
+			}
 			return newClientSock(c), nil
 		}
 		_ = c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/vega-gateway/vega-gateway/gateway"
+	"github.com/vega-gateway/vega-gateway/ollamatest"
 )
 
 // rowsKey holds every scope, so blob uploads reach the framing code.
@@ -109,11 +110,36 @@ type framingCase struct {
 	code           string // the code of the first gateway-made error
 	open           bool
 	forwarded      int // requests the fake receives
+	// brokenOff: further requests the fake receives and sees broken off
+	// (a blob body streams upstream until its framing fails).
+	brokenOff int
+}
+
+// wantBrokenOff waits for the fake's request i to end, and checks that its
+// body was broken off (the upstream upload aborted), not completed.
+func wantBrokenOff(t *testing.T, e *env, i int) {
+	t.Helper()
+	waitFor(t, 5*time.Second, "the upstream upload to end", func() bool { return !forwarded(e)[i].Finished.IsZero() })
+	if r := forwarded(e)[i]; !r.Cancelled {
+		t.Fatalf("upstream request %+v, want its body broken off", r)
+	}
+}
+
+// forwarded is what the fake received but for the HEAD a blob upload asks
+// first (upload.go's headRequest).
+func forwarded(e *env) []ollamatest.Request {
+	var out []ollamatest.Request
+	for _, r := range e.fake.Requests() {
+		if r.Method != "HEAD" {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 func (tc framingCase) run(t *testing.T, e *env) []rawResp {
 	t.Helper()
-	before := len(e.fake.Requests())
+	before := len(forwarded(e))
 	resps := rawResponses(t, strings.TrimPrefix(e.url, "http://"), tc.raw+probe)
 	got := make([]int, len(resps))
 	for i, r := range resps {
@@ -145,8 +171,16 @@ func (tc framingCase) run(t *testing.T, e *env) []rawResp {
 			}
 		}
 	}
-	if n := len(e.fake.Requests()) - before; n != tc.forwarded {
-		t.Fatalf("the fake received %d requests, want %d", n, tc.forwarded)
+	if tc.brokenOff > 0 {
+		// The broken-off upload reaches the fake as the gateway's
+		// answer reaches the client: wait for it.
+		waitFor(t, 5*time.Second, "the broken-off upload to reach the fake", func() bool {
+			return len(forwarded(e))-before == tc.forwarded+tc.brokenOff
+		})
+		wantBrokenOff(t, e, len(forwarded(e))-1)
+	}
+	if n := len(forwarded(e)) - before; n != tc.forwarded+tc.brokenOff {
+		t.Fatalf("the fake received %d requests, want %d", n, tc.forwarded+tc.brokenOff)
 	}
 	return resps
 }
@@ -203,9 +237,9 @@ func TestRequestFraming(t *testing.T) {
 		{row: "B-25", name: "chunk extension is ignored", raw: blob("Transfer-Encoding: chunked", "b25-c", "5;ext=\"1\"\r\nb25-c\r\n0;x\r\n\r\n"), want: []int{201}, open: true, forwarded: 1},
 		{row: "B-25", name: "bare LF in an extension", raw: blob("Transfer-Encoding: chunked", "b25-d", "5;ext\n\r\nb25-d\r\n0\r\n\r\n"), want: []int{400}, code: "bad_request"},
 		{row: "B-25", name: "bare CR in an extension", raw: blob("Transfer-Encoding: chunked", "b25-e", "5;e\rxt\r\nb25-e\r\n0\r\n\r\n"), want: []int{400}, code: "bad_request"},
-		{row: "B-25", name: "chunk longer than its size", raw: blob("Transfer-Encoding: chunked", "b25-f", "5\r\nb25-fXX\r\n0\r\n\r\n"), want: []int{400}, code: "bad_request"},
-		{row: "B-25", name: "trailer with Content-Length", raw: blob("Transfer-Encoding: chunked", "b25-g", "5\r\nb25-g\r\n0\r\nContent-Length: 7\r\n\r\n"), want: []int{400}, code: "bad_request"},
-		{row: "B-25", name: "trailer with Transfer-Encoding", raw: blob("Transfer-Encoding: chunked", "b25-h", "5\r\nb25-h\r\n0\r\nTransfer-Encoding: chunked\r\n\r\n"), want: []int{400}, code: "bad_request"},
+		{row: "B-25", name: "chunk longer than its size", raw: blob("Transfer-Encoding: chunked", "b25-f", "5\r\nb25-fXX\r\n0\r\n\r\n"), want: []int{400}, code: "bad_request", brokenOff: 1},
+		{row: "B-25", name: "trailer with Content-Length", raw: blob("Transfer-Encoding: chunked", "b25-g", "5\r\nb25-g\r\n0\r\nContent-Length: 7\r\n\r\n"), want: []int{400}, code: "bad_request", brokenOff: 1},
+		{row: "B-25", name: "trailer with Transfer-Encoding", raw: blob("Transfer-Encoding: chunked", "b25-h", "5\r\nb25-h\r\n0\r\nTransfer-Encoding: chunked\r\n\r\n"), want: []int{400}, code: "bad_request", brokenOff: 1},
 		{row: "B-25", name: "ordinary trailer", raw: blob("Transfer-Encoding: chunked", "b25-i", "5\r\nb25-i\r\n0\r\nX-Checksum: 1\r\n\r\n"), want: []int{201}, open: true, forwarded: 1},
 		// B-27: Host.
 		{row: "B-27", name: "missing Host", raw: "GET /api/tags HTTP/1.1\r\n" + k + "\r\n", want: []int{400}, code: "bad_request"},
@@ -252,7 +286,7 @@ func TestRequestFramingWaits(t *testing.T) {
 	} {
 		t.Run(tc.row+" "+tc.name, func(t *testing.T) {
 			// Without the probe: it would complete the block or the body.
-			before := len(e.fake.Requests())
+			before := len(forwarded(e))
 			resps := rawResponses(t, strings.TrimPrefix(e.url, "http://"), tc.raw)
 			// want[1], when present, is the status answered today instead.
 			ok := len(resps) == 1 && resps[0].close &&
@@ -260,8 +294,18 @@ func TestRequestFramingWaits(t *testing.T) {
 			if !ok {
 				t.Fatalf("responses %+v, want one %d %s with Connection: close", resps, tc.want[0], tc.code)
 			}
-			if n := len(e.fake.Requests()) - before; n != 0 {
-				t.Fatalf("the fake received %d requests", n)
+			// A blob body streams upstream until it stalls: that upload
+			// is broken off there.
+			brokenOff := 0
+			if strings.Contains(tc.raw, "/api/blobs/") {
+				brokenOff = 1
+			}
+			if brokenOff > 0 {
+				waitFor(t, 5*time.Second, "the broken-off upload to reach the fake", func() bool { return len(forwarded(e))-before == brokenOff })
+				wantBrokenOff(t, e, len(forwarded(e))-1)
+			}
+			if n := len(forwarded(e)) - before; n != brokenOff {
+				t.Fatalf("the fake received %d requests, want %d", n, brokenOff)
 			}
 		})
 	}
@@ -413,13 +457,16 @@ func TestDeepNestingWithAllowlist(t *testing.T) {
 // and the server cap is read, refused, and the connection stays usable.
 func TestBodyCaps(t *testing.T) {
 	e := startEnv(t, envOptions{auth: rowsAuth,
-		gateway: gateway.Config{MaxBodyBytes: 64 << 10}, chat: gateway.ChatConfig{MaxBodyBytes: 16 << 10}})
+		gateway: gateway.Config{MaxBodyBytes: 64 << 10, MaxBlobBytes: 64 << 10}, chat: gateway.ChatConfig{MaxBodyBytes: 16 << 10}})
 	addr := strings.TrimPrefix(e.url, "http://")
 	k := "X-API-Key: " + rowsKey + "\r\n"
 	t.Run("B-10 over the server cap", func(t *testing.T) {
 		for _, path := range []string{"/api/chat", "/chat"} {
-			// Headers only: the answer must come without the body.
-			resps := rawResponses(t, addr, "POST "+path+" HTTP/1.1\r\nHost: x\r\n"+k+"Content-Length: "+itoa(100<<10)+"\r\n\r\n")
+			// Headers and the body's first byte: the answer must come
+			// without the rest. (The server streams bodies and calls the
+			// handler once one byte is in; a client that waits before
+			// sending a body asks first with Expect: 100-continue.)
+			resps := rawResponses(t, addr, "POST "+path+" HTTP/1.1\r\nHost: x\r\n"+k+"Content-Length: "+itoa(100<<10)+"\r\n\r\n{")
 			if len(resps) != 1 || resps[0].status != 413 || resps[0].code() != "body_too_large" || !resps[0].close {
 				t.Fatalf("%s: %+v, want one 413 body_too_large with Connection: close", path, resps)
 			}
@@ -432,14 +479,25 @@ func TestBodyCaps(t *testing.T) {
 		tc.run(t, e)
 	})
 	t.Run("B-11 oversize chunked blob", func(t *testing.T) {
-		// 64 chunks of 1 KiB fill the cap; the next chunk's size line is the
-		// last thing sent, so the server has read everything when it closes.
+		// 64 chunks of 1 KiB fill gateway.max_blob_bytes; the next chunk's
+		// first byte is the last thing sent, so the server has read
+		// everything when it closes.
 		chunk := "400\r\n" + strings.Repeat("b", 1024) + "\r\n"
-		raw := blob("Transfer-Encoding: chunked", "never", strings.Repeat(chunk, 64)+"400\r\n")
+		raw := blob("Transfer-Encoding: chunked", "never", strings.Repeat(chunk, 64)+"400\r\nb")
 		resps := rawResponses(t, addr, raw)
 		if len(resps) != 1 || resps[0].status != 413 || resps[0].code() != "body_too_large" || !resps[0].close {
 			t.Fatalf("%+v, want one 413 body_too_large with Connection: close", resps)
 		}
+		// The blob streamed upstream as it came; its upload was broken
+		// off there, not completed.
+		waitFor(t, 5*time.Second, "the upstream upload to end", func() bool {
+			reqs := forwarded(e)
+			return len(reqs) == 1 && !reqs[0].Finished.IsZero()
+		})
+		if r := forwarded(e)[0]; !r.Cancelled || r.BodySize > 64<<10 {
+			t.Fatalf("upstream upload %+v, want it broken off within the cap", r)
+		}
+		e.fake.ResetStats()
 	})
 	if n := len(e.fake.Requests()); n != 0 {
 		t.Fatalf("the fake received %d requests", n)

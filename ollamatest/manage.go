@@ -115,7 +115,12 @@ func (x *exchange) push() {
 
 // create answers POST /api/create; the model becomes known.
 func (x *exchange) create() {
-	var req progressRequest
+	var req struct {
+		progressRequest
+		// Files names the model's files by the digests of blobs uploaded
+		// first (POST /api/blobs/:digest), as `ollama create` sends them.
+		Files map[string]string `json:"files"`
+	}
 	if !x.decode(&req) {
 		return
 	}
@@ -124,7 +129,25 @@ func (x *exchange) create() {
 		x.fail(http.StatusBadRequest, "model is required")
 		return
 	}
-	x.progress(req, []string{"gathering model components"},
+	for _, digest := range req.Files {
+		x.s.mu.Lock()
+		ok := digestRE.MatchString(digest) && x.s.blobs[blobKey(digest)]
+		x.s.mu.Unlock()
+		if !ok {
+			// Ollama opens the blob's file while creating, and reports the
+			// failure in the progress stream (a 500 when not streamed).
+			msg := fmt.Sprintf("open /root/.ollama/models/blobs/%s: no such file or directory", strings.Replace(digest, ":", "-", 1))
+			if req.Stream != nil && !*req.Stream {
+				x.fail(http.StatusInternalServerError, msg)
+				return
+			}
+			x.w.Header().Set("Content-Type", "application/x-ndjson")
+			x.w.WriteHeader(http.StatusOK)
+			_, _ = x.w.Write(ndjson(map[string]string{"error": msg}))
+			return
+		}
+	}
+	x.progress(req.progressRequest, []string{"gathering model components"},
 		func(i int) progress {
 			return progress{Status: "using existing layer " + layer(name, i, 1).Digest}
 		},
@@ -184,6 +207,14 @@ func (x *exchange) deleteModel() {
 var digestRE = regexp.MustCompile(`^sha256[:-][0-9a-fA-F]{64}$`)
 
 func blobKey(digest string) string { return "sha256:" + strings.ToLower(digest[7:]) }
+
+// ForgetBlobs drops every uploaded blob, as if deleted from the store, so
+// that the same blob can be uploaded again (benchmarks do).
+func (s *Server) ForgetBlobs() {
+	s.mu.Lock()
+	clear(s.blobs)
+	s.mu.Unlock()
+}
 
 // headBlob answers HEAD /api/blobs/:digest: 200 if uploaded, else 404.
 func (x *exchange) headBlob() {

@@ -51,6 +51,9 @@ type conn struct {
 	// clientLeft records that a read ended with errClientGone: fasthttp
 	// does not hand our error back unchanged, so Do asks the connection.
 	clientLeft bool
+	// writeArmed: a write deadline is set (a request in several writes);
+	// cleared at the next request's first write.
+	writeArmed bool
 	// ambiguous records that the response's header block (as far as the
 	// first read holds it) has both Content-Length and Transfer-Encoding:
 	// fasthttp frames it by the latter, as RFC 9112 allows, but the
@@ -73,6 +76,22 @@ func (c *conn) Write(b []byte) (int, error) {
 		c.readBytes.Store(0)
 		c.sentAt = time.Now().UnixNano()
 		c.gone, c.scanned, c.clientLeft, c.ambiguous = nil, 0, false, false
+		if c.writeArmed {
+			_ = c.Conn.SetWriteDeadline(time.Time{})
+			c.writeArmed = false
+		}
+	} else {
+		// A request written in several pieces (a blob upload streams for
+		// minutes): the first-byte clock runs from its last piece, and
+		// each piece must be taken within the idle timeout, so a backend
+		// that stops reading cannot hold the upload (and the client) for
+		// ever. A request written in one piece pays for neither.
+		now := time.Now()
+		c.sentAt = now.UnixNano()
+		if d := c.p.up.IdleTimeout; d > 0 {
+			_ = c.Conn.SetWriteDeadline(now.Add(d))
+			c.writeArmed = true
+		}
 	}
 	// A header block longer than fasthttp's write buffer comes in several
 	// writes: look through the first 64 KiB of them.

@@ -211,6 +211,9 @@ func (p *Pool) DoWhile(req *fasthttp.Request, resp *fasthttp.Response, gone func
 			defer p.unwatch(key)
 		}
 	}
+	// fasthttp drops a streamed body once it has been written (or failed
+	// to be): ask now whether there is one, not after a failure.
+	streamed := req.IsBodyStream()
 	req.URI().SetSchemeBytes(schemeOf(p.target.isTLS))
 	req.URI().SetHost(p.target.host)
 	req.Header.SetHost(p.target.host)
@@ -241,7 +244,7 @@ func (p *Pool) DoWhile(req *fasthttp.Request, resp *fasthttp.Response, gone func
 			p.stats.ClientDisconnects.Add(1)
 			return retries, fmt.Errorf("%s %s: %w", req.Header.Method(), req.URI().Path(), ErrClientGone)
 		}
-		if retries == 0 && p.safeToRetry(req, resp, err) {
+		if retries == 0 && !streamed && p.safeToRetry(req, resp, err) {
 			retries++
 			p.stats.Retries.Add(1)
 			continue
@@ -251,10 +254,10 @@ func (p *Pool) DoWhile(req *fasthttp.Request, resp *fasthttp.Response, gone func
 	}
 }
 
+// safeToRetry: the request provably never reached the upstream. A
+// streamed body (which cannot be sent twice) is never retried; DoWhile
+// checks that before sending.
 func (p *Pool) safeToRetry(req *fasthttp.Request, resp *fasthttp.Response, err error) bool {
-	if req.IsBodyStream() {
-		return false // a streamed body cannot be sent twice
-	}
 	var de *dialError
 	if errors.As(err, &de) {
 		return !isTimeout(err) // a second connect timeout would double the wait

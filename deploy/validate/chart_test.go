@@ -65,6 +65,11 @@ func TestChartRenders(t *testing.T) {
 				if env := envVar(t, gatewayContainer(t, d), "VEGA_LOG_DIR"); env.Value != "" {
 					t.Errorf("VEGA_LOG_DIR = %q by default, want empty (stdout only)", env.Value)
 				}
+				for _, e := range gatewayContainer(t, d).Env {
+					if strings.Contains(e.Name, "_TLS_") {
+						t.Errorf("%s set by default, want plain HTTP unless tls.existingSecret is set", e.Name)
+					}
+				}
 			},
 		},
 		{
@@ -103,6 +108,29 @@ func TestChartRenders(t *testing.T) {
 				}
 				if got := c.Image; got != "registry.example.com/vega-gateway:1.2.3" {
 					t.Errorf("image = %q", got)
+				}
+				// TLS from the existing Secret, mounted whole (a subPath
+				// mount would never see a renewal), on both listeners.
+				for _, name := range []string{"VEGA_GATEWAY_TLS_CERT_FILE", "VEGA_ADMIN_TLS_CERT_FILE"} {
+					if env := envVar(t, c, name); env.Value != "/etc/vega-tls/tls.crt" {
+						t.Errorf("%s = %q, want /etc/vega-tls/tls.crt", name, env.Value)
+					}
+				}
+				for _, name := range []string{"VEGA_GATEWAY_TLS_KEY_FILE", "VEGA_ADMIN_TLS_KEY_FILE"} {
+					if env := envVar(t, c, name); env.Value != "/etc/vega-tls/tls.key" {
+						t.Errorf("%s = %q, want /etc/vega-tls/tls.key", name, env.Value)
+					}
+				}
+				if !hasMount(d, c, "/etc/vega-tls", func(v corev1.Volume) bool { return v.Secret != nil && v.Secret.SecretName == "vega-tls" }) {
+					t.Errorf("no Secret vega-tls mounted at /etc/vega-tls")
+				}
+				for _, m := range c.VolumeMounts {
+					if m.MountPath == "/etc/vega-tls" && m.SubPath != "" {
+						t.Errorf("the TLS Secret is mounted with subPath %q: renewals would not reach the pod", m.SubPath)
+					}
+				}
+				if c.LivenessProbe.HTTPGet.Scheme != corev1.URISchemeHTTPS || c.ReadinessProbe.HTTPGet.Scheme != corev1.URISchemeHTTPS {
+					t.Errorf("probes %s/%s with the admin listener on TLS, want HTTPS", c.LivenessProbe.HTTPGet.Scheme, c.ReadinessProbe.HTTPGet.Scheme)
 				}
 			},
 		},

@@ -139,3 +139,11 @@ sees nothing under `helm template` or --dry-run, where a fresh one is shown).
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/*
+Non-empty when the admin listener serves HTTPS (tls.existingSecret and
+tls.admin): its probes and the ServiceMonitor then use https.
+*/}}
+{{- define "vega-gateway.adminTLS" -}}
+{{- if and .Values.tls.existingSecret .Values.tls.admin }}true{{ end }}
+{{- end }}
