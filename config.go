@@ -11,6 +11,7 @@ import (
 	"github.com/go-viper/mapstructure/v2"
 	"github.com/spf13/viper"
 
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/admin"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
@@ -71,7 +72,7 @@ type config struct {
 	Upstreams []upstreamEntry    `mapstructure:"upstreams"`
 	Routing   fleet.Config       `mapstructure:"routing"`
 	Pool      pool.Config        `mapstructure:"pool"`
-	Auth      gateway.AuthConfig `mapstructure:"auth"`
+	Auth      access.Config      `mapstructure:"auth"`
 	Chat      gateway.ChatConfig `mapstructure:"chat"`
 	Log       logConfig          `mapstructure:"log"`
 	Metrics   metrics.Config     `mapstructure:"metrics"`
@@ -101,7 +102,7 @@ func defaults() map[string]any {
 		"gateway.pull_allow_insecure": false,
 		"gateway.max_in_flight":       0,
 
-		"auth.failure_log_lines_per_second": gateway.DefaultFailureLogLinesPerSecond,
+		"auth.failure_log_lines_per_second": access.DefaultFailureLogLinesPerSecond,
 
 		"gateway.max_client_connections": gateway.DefaultMaxClientConnections,
 		"gateway.trusted_proxies":        []string{},
@@ -133,7 +134,7 @@ func defaults() map[string]any {
 		"pool.max_idle_conn_duration":  pool.DefaultMaxIdleConnDuration,
 		"auth.api_keys":                []string{},
 		"auth.admin_api_keys":          []string{},
-		"auth.keys":                    []gateway.KeyConfig{},
+		"auth.keys":                    []access.KeyConfig{},
 		"auth.keys_file":               "",
 		"auth.allow_model_management":  false,
 		"auth.max_failures_per_ip":     0,
@@ -256,10 +257,10 @@ func stringToKeyList() mapstructure.DecodeHookFuncType {
 // jsonToScopedKeys decodes VEGA_AUTH_KEYS, a JSON list of scoped keys.
 func jsonToScopedKeys() mapstructure.DecodeHookFuncType {
 	return func(from, to reflect.Type, data any) (any, error) {
-		if from.Kind() != reflect.String || to != reflect.TypeFor[[]gateway.KeyConfig]() {
+		if from.Kind() != reflect.String || to != reflect.TypeFor[[]access.KeyConfig]() {
 			return data, nil
 		}
-		var keys []gateway.KeyConfig
+		var keys []access.KeyConfig
 		if strings.TrimSpace(data.(string)) == "" {
 			return keys, nil
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
 
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/admin"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
@@ -150,7 +151,7 @@ func newApp(cfg config, log zerolog.Logger, sink *logSink) (*app, error) {
 	if len(adminKeys) == 0 {
 		adminKeys = cfg.Auth.APIKeys
 	}
-	adminRing, err := gateway.NewKeyring(adminKeys, nil)
+	adminRing, err := access.NewKeyring(adminKeys, nil)
 	if err != nil {
 		return nil, fmt.Errorf("auth.admin_api_keys: %w", err)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
 
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/pool"
 	"github.com/vega-gateway/vega-gateway/trace"
@@ -41,7 +42,7 @@ type exchange struct {
 	// idReplaced: the client sent a correlation ID that was not kept.
 	idReplaced bool
 	// key holds a concurrency slot of the request's key until finish.
-	key *apiKey
+	key *access.Identity
 	// inFlight: counted in Gateway.inFlight until finish.
 	inFlight bool
 
@@ -241,7 +242,7 @@ func (x *exchange) finish() {
 	x.endTicket()
 	g.observe(x, dur)
 	if x.key != nil {
-		x.key.release()
+		x.key.Release()
 	}
 	if x.inFlight {
 		g.inFlight.Add(-1)

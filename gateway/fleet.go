@@ -10,6 +10,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/pool"
 )
@@ -45,10 +46,10 @@ func (g *Gateway) pinnedBackend(ctx *fasthttp.RequestCtx, x *exchange) (*fleet.B
 	if len(name) == 0 {
 		return nil, apiError{}, true
 	}
-	if x.key == nil && !(g.keys.Load().Open() && g.auth.AllowModelManagement) {
+	if x.key == nil && !(g.access.Open() && g.auth.AllowModelManagement) {
 		return nil, apiError{403, "route_forbidden", "X-Vega-Backend needs a key with the models:manage scope", outcomeClientError, ""}, false
 	}
-	if x.key != nil && x.key.scopes&scopeModelsManage == 0 {
+	if x.key != nil && !x.key.Scopes.Has(access.ModelsManage) {
 		return nil, apiError{403, "route_forbidden", "X-Vega-Backend needs a key with the models:manage scope", outcomeClientError, ""}, false
 	}
 	b := g.fleet.Pin(string(name))

@@ -13,6 +13,7 @@ import (
 	"github.com/ollama/ollama/api"
 	"github.com/rs/zerolog"
 
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
@@ -32,7 +33,7 @@ type routingOptions struct {
 	fake     ollamatest.Config
 	routing  fleet.Config
 	upstream pool.UpstreamConfig
-	auth     gateway.AuthConfig
+	auth     access.Config
 	// noRun: no health probes or catalogue refresh (the catalogue stays
 	// unknown, the backends healthy, whatever happens to them).
 	noRun bool
@@ -305,8 +306,8 @@ func TestFleetBreakerTakesAFailingBackendOut(t *testing.T) {
 func TestFleetPinnedBackend(t *testing.T) {
 	const manage, infer = "manage-key-0123456789abcdef0123456789", "infer-key-0123456789abcdef01234567890"
 	e := startRoutingEnv(t, routingOptions{models: [][]string{{"llama3.2"}, {"llama3.2"}, {"llama3.2"}},
-		auth: gateway.AuthConfig{Keys: []gateway.KeyConfig{
-			{Name: "ops", Key: manage, Scopes: []string{gateway.ScopeModelsManage, gateway.ScopeInference, gateway.ScopeModelsRead}},
+		auth: access.Config{Keys: []access.KeyConfig{
+			{Name: "ops", Key: manage, Scopes: []string{access.ScopeModelsManage, access.ScopeInference, access.ScopeModelsRead}},
 			{Name: "app", Key: infer},
 		}}})
 	tests := []struct {
@@ -341,7 +342,7 @@ func TestFleetPinnedBackend(t *testing.T) {
 
 func TestFleetConversationAffinity(t *testing.T) {
 	e := startRoutingEnv(t, routingOptions{models: [][]string{{"llama3.2"}, {"llama3.2"}, {"llama3.2"}},
-		auth: gateway.AuthConfig{AllowModelManagement: true}})
+		auth: access.Config{AllowModelManagement: true}})
 	// Load the model on every backend (pinned), so all are equal choices.
 	for _, b := range e.fleet.Backends() {
 		if st, _, body := e.do("POST", "/api/chat", chatBody("llama3.2", "warm", false), map[string]string{gateway.HeaderBackend: b.Name}); st != 200 {

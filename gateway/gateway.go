@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
 
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/pool"
 )
@@ -19,11 +20,12 @@ import (
 // Gateway is the data listener: the proxy in front of a fleet of upstream
 // backends, each behind its own bounded pool.
 type Gateway struct {
-	cfg   Config
-	chat  ChatConfig
-	auth  AuthConfig
-	keys  atomic.Pointer[Keyring]
-	fleet *fleet.Fleet
+	cfg  Config
+	chat ChatConfig
+	auth access.Config
+	// access answers who may call (keys, scopes, the keys file).
+	access *access.Control
+	fleet  *fleet.Fleet
 	// pool is the first backend's pool: the upstream named in the log for
 	// a request refused before a backend was chosen.
 	pool     *pool.Pool
@@ -34,14 +36,12 @@ type Gateway struct {
 	draining atomic.Bool
 	closing  chan struct{}
 	panics   atomic.Int64
-	// reloadFailures counts key reloads (SIGHUP) that failed.
-	reloadFailures atomic.Int64
-	streams        streamSet
+	streams  streamSet
 	// hijacked counts the client connections that streams took off
 	// fasthttp's workers (hijack.go), which fasthttp no longer counts.
 	hijacked atomic.Int64
 	// failures is the per-IP authentication failure budget (nil: off).
-	failures *failureBudget
+	failures *access.FailureBudget
 	// allowed is the model allowlist (nil: any model), names normalised.
 	allowed map[string]bool
 	// inFlight counts requests against cfg.MaxInFlight (shed.go);
@@ -77,7 +77,7 @@ type Record struct {
 
 // New builds the gateway in front of the fleet's backends. It starts
 // nothing: the fleet's Run probes and refreshes them.
-func New(cfg Config, chat ChatConfig, auth AuthConfig, backends *fleet.Fleet, log zerolog.Logger) (*Gateway, error) {
+func New(cfg Config, chat ChatConfig, auth access.Config, backends *fleet.Fleet, log zerolog.Logger) (*Gateway, error) {
 	cfg = cfg.withDefaults()
 	chat = chat.withDefaults()
 	if err := cfg.validate(); err != nil {
@@ -89,22 +89,18 @@ func New(cfg Config, chat ChatConfig, auth AuthConfig, backends *fleet.Fleet, lo
 	if backends == nil {
 		return nil, errors.New("gateway: no upstream backends")
 	}
-	keys, err := buildKeyring(auth)
+	ac, err := access.New(auth)
 	if err != nil {
 		return nil, err
 	}
-	if auth.MaxFailuresPerIP < 0 {
-		return nil, errors.New("auth.max_failures_per_ip: must not be negative")
-	}
-	g := &Gateway{cfg: cfg, chat: chat, auth: auth, fleet: backends, pool: backends.First().Pool, log: log, closing: make(chan struct{}),
-		failures: newFailureBudget(auth.MaxFailuresPerIP)}
+	g := &Gateway{cfg: cfg, chat: chat, auth: auth, access: ac, fleet: backends, pool: backends.First().Pool, log: log, closing: make(chan struct{}),
+		failures: access.NewFailureBudget(auth.MaxFailuresPerIP)}
 	for _, m := range cfg.ModelAllowlist {
 		if g.allowed == nil {
 			g.allowed = map[string]bool{}
 		}
 		g.allowed[normalizeModel(m)] = true
 	}
-	g.keys.Store(keys)
 	g.server = &fasthttp.Server{
 		Handler:                      g.serve,
 		ErrorHandler:                 g.serveError,
@@ -145,7 +141,16 @@ func New(cfg Config, chat ChatConfig, auth AuthConfig, backends *fleet.Fleet, lo
 func (g *Gateway) SetObserver(fn func(*Record)) { g.observer = fn }
 
 // Open reports whether no API keys are configured.
-func (g *Gateway) Open() bool { return g.keys.Load().Open() }
+func (g *Gateway) Open() bool { return g.access.Open() }
+
+// ReloadKeys re-reads auth.keys_file and swaps the keys at once: new
+// requests use the new keys, open streams are not touched. On error the
+// old keys stay.
+func (g *Gateway) ReloadKeys() error { return g.access.Reload() }
+
+// KeyReloadFailures is the number of ReloadKeys calls that failed (the
+// previous keys stayed in force each time).
+func (g *Gateway) KeyReloadFailures() int64 { return g.access.ReloadFailures() }
 
 // Panics is the number of handler panics recovered so far.
 func (g *Gateway) Panics() int64 { return g.panics.Load() }
@@ -248,17 +253,17 @@ func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 		ctx.SetConnectionClose()
 		return
 	}
-	if over, wait := g.failures.blocked(x.remote, x.start); over {
+	if over, wait := g.failures.Blocked(x.remote, x.start); over {
 		g.reject(ctx, x, apiError{429, "rate_limited", "too many failed authentications from this address", outcomeAuthFailed, strconv.FormatInt(wait, 10)})
 		return
 	}
-	res, key, fromAuthz := g.keys.Load().check(&ctx.Request.Header)
-	if res != authOK && res != authOpen {
-		g.failures.fail(x.remote, x.start)
+	res, id := g.access.Check(&ctx.Request.Header, x.start)
+	if !res.Accepted() {
+		g.failures.Fail(x.remote, x.start)
 		g.reject(ctx, x, errUnauthorized)
 		return
 	}
-	if e, ok := g.authorize(x, res, key); !ok {
+	if e, ok := g.authorize(x, id); !ok {
 		g.reject(ctx, x, e)
 		return
 	}
@@ -271,30 +276,35 @@ func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 		handedOff = g.serveChat(ctx, x)
 		return
 	}
-	handedOff = g.proxy(ctx, x, fromAuthz)
+	handedOff = g.proxy(ctx, x, res.InAuthorization)
 }
 
-// authorize checks the route's scope and the key's limits; on success the
-// exchange holds a slot of the key's concurrency until it finishes.
-func (g *Gateway) authorize(x *exchange, res authResult, key *apiKey) (apiError, bool) {
+// authorize checks the route's scope and the key's limits; id is nil on an
+// open gateway. On success the exchange holds a slot of the key's
+// concurrency until it finishes.
+func (g *Gateway) authorize(x *exchange, id *access.Identity) (apiError, bool) {
 	need := x.route.scope()
-	if res == authOpen {
-		if need == scopeModelsManage && !g.auth.AllowModelManagement {
+	if id == nil {
+		if need == access.ModelsManage && !g.auth.AllowModelManagement {
 			return errManageDisabled, false
 		}
 		return apiError{}, true
 	}
-	x.keyName = key.name
-	if key.scopes&need == 0 {
-		if need == scopeModelsManage {
+	x.keyName = id.Name
+	if !id.Scopes.Has(need) {
+		if need == access.ModelsManage {
 			return errManageForbidden, false
 		}
 		return apiError{403, "route_forbidden", "this key's scopes do not allow this route", outcomeClientError, ""}, false
 	}
-	if e, ok := key.admit(time.Now()); !ok {
-		return e, false
+	now := time.Now()
+	switch refused, wait := id.Admit(now); refused {
+	case access.OverRate:
+		return apiError{429, "rate_limited", "this key's request rate limit is reached", outcomeClientError, strconv.FormatInt(wait, 10)}, false
+	case access.OverConcurrency:
+		return apiError{429, "key_concurrency_limit", "this key has too many requests in flight", outcomeClientError, retryAfterSeconds}, false
 	}
-	x.key = key
+	x.key = id
 	return apiError{}, true
 }
 

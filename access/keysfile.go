@@ -1,4 +1,4 @@
-package gateway
+package access
 
 import (
 	"bytes"
@@ -9,10 +9,10 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// readKeysFile reads scoped keys from a YAML or JSON file: a list of keys,
+// ReadKeysFile reads scoped keys from a YAML or JSON file: a list of keys,
 // or an object {"keys": [...]}. Unknown fields are errors, so a typo in a
 // scope or limit name is not silently ignored.
-func readKeysFile(path string) ([]KeyConfig, error) {
+func ReadKeysFile(path string) ([]KeyConfig, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("auth.keys_file: %w", err)
@@ -57,35 +57,18 @@ func decodeStrict(b []byte, v any) error {
 }
 
 // buildKeyring assembles the keyring from the config and the keys file.
-func buildKeyring(auth AuthConfig) (*Keyring, error) {
-	scoped := append([]KeyConfig(nil), auth.Keys...)
-	if auth.KeysFile != "" {
-		fromFile, err := readKeysFile(auth.KeysFile)
+func buildKeyring(cfg Config) (*Keyring, error) {
+	scoped := append([]KeyConfig(nil), cfg.Keys...)
+	if cfg.KeysFile != "" {
+		fromFile, err := ReadKeysFile(cfg.KeysFile)
 		if err != nil {
 			return nil, err
 		}
 		scoped = append(scoped, fromFile...)
 	}
-	kr, err := NewKeyring(auth.APIKeys, scoped)
+	kr, err := NewKeyring(cfg.APIKeys, scoped)
 	if err != nil {
 		return nil, fmt.Errorf("auth: %w", err)
 	}
 	return kr, nil
 }
-
-// ReloadKeys re-reads auth.keys_file and swaps the keyring at once: new
-// requests use the new keys, open streams are not touched. On error the
-// old keyring stays.
-func (g *Gateway) ReloadKeys() error {
-	kr, err := buildKeyring(g.auth)
-	if err != nil {
-		g.reloadFailures.Add(1)
-		return err
-	}
-	g.keys.Store(kr)
-	return nil
-}
-
-// KeyReloadFailures is the number of ReloadKeys calls that failed (the
-// previous keys stayed in force each time).
-func (g *Gateway) KeyReloadFailures() int64 { return g.reloadFailures.Load() }

@@ -1,4 +1,4 @@
-package gateway
+package access
 
 import (
 	"net"
@@ -10,33 +10,35 @@ import (
 // so a spray of source addresses cannot grow memory without bound.
 const maxTrackedIPs = 100_000
 
-// failureBudget counts authentication failures per client IP in one-minute
+// FailureBudget counts authentication failures per client IP in one-minute
 // windows; an IP over the budget gets 429 until the window ends (a brake on
-// key guessing). It takes its lock only when enabled.
-type failureBudget struct {
+// key guessing). A nil budget is off; it takes its lock only when on.
+type FailureBudget struct {
 	limit  int64
 	mu     sync.Mutex
 	minute int64
 	counts map[string]int64
 }
 
-func newFailureBudget(limit int) *failureBudget {
+// NewFailureBudget allows limit failures per IP per minute (config key
+// auth.max_failures_per_ip); limit <= 0 gives nil, no budget.
+func NewFailureBudget(limit int) *FailureBudget {
 	if limit <= 0 {
 		return nil
 	}
-	return &failureBudget{limit: int64(limit), counts: make(map[string]int64)}
+	return &FailureBudget{limit: int64(limit), counts: make(map[string]int64)}
 }
 
-func (b *failureBudget) roll(now time.Time) {
+func (b *FailureBudget) roll(now time.Time) {
 	if m := now.Unix() / 60; m != b.minute || len(b.counts) > maxTrackedIPs {
 		b.minute = m
 		clear(b.counts)
 	}
 }
 
-// blocked reports whether ip has used up its budget in this window, and
+// Blocked reports whether ip has used up its budget in this window, and
 // the seconds until the window ends.
-func (b *failureBudget) blocked(ip net.IP, now time.Time) (bool, int64) {
+func (b *FailureBudget) Blocked(ip net.IP, now time.Time) (bool, int64) {
 	if b == nil {
 		return false, 0
 	}
@@ -46,8 +48,8 @@ func (b *failureBudget) blocked(ip net.IP, now time.Time) (bool, int64) {
 	return b.counts[string(ip)] >= b.limit, 60 - now.Unix()%60
 }
 
-// fail records one authentication failure from ip.
-func (b *failureBudget) fail(ip net.IP, now time.Time) {
+// Fail records one authentication failure from ip.
+func (b *FailureBudget) Fail(ip net.IP, now time.Time) {
 	if b == nil {
 		return
 	}

@@ -1,0 +1,117 @@
+package access
+
+import (
+	"bytes"
+
+	"github.com/valyala/fasthttp"
+)
+
+// Header names of the credentials the gateway accepts.
+const (
+	HeaderAPIKey        = "X-API-Key"
+	HeaderAuthorization = "Authorization"
+)
+
+var bearerPrefix = []byte("bearer ")
+
+// credentials extracts the presented key from X-API-Key or Authorization:
+// Bearer. fromAuthorization says the key came in Authorization (so it is
+// stripped before forwarding). Two different credentials, or a repeated
+// header, are ambiguous: never "first one wins".
+func credentials(h *fasthttp.RequestHeader) (key []byte, fromAuthorization bool, ambiguous bool) {
+	apiKeys := h.PeekAll(HeaderAPIKey)
+	if len(apiKeys) > 1 {
+		return nil, false, true
+	}
+	var bearer []byte
+	authz := h.PeekAll(HeaderAuthorization)
+	if len(authz) > 1 {
+		return nil, false, true
+	}
+	if len(authz) == 1 {
+		v := authz[0]
+		if len(v) >= len(bearerPrefix) && bytes.EqualFold(v[:len(bearerPrefix)], bearerPrefix) {
+			bearer = bytes.TrimLeft(v[len(bearerPrefix):], " ")
+		}
+	}
+	switch {
+	case len(apiKeys) == 1 && bearer != nil:
+		if !bytes.Equal(apiKeys[0], bearer) {
+			return nil, false, true
+		}
+		return bearer, true, false
+	case len(apiKeys) == 1:
+		return apiKeys[0], false, false
+	case bearer != nil:
+		return bearer, true, false
+	}
+	return nil, false, false
+}
+
+// Status is the outcome of checking a request's credentials.
+type Status uint8
+
+// The outcomes of Check. Only OK and Open let a request through.
+const (
+	OK        Status = iota // a configured key matched
+	Open                    // no keys configured: the gateway is open
+	Missing                 // no credential presented
+	Invalid                 // a credential presented that matches no key
+	Ambiguous               // two different credentials, or a repeated header
+)
+
+// String is the status as the access log's reason for a refusal.
+func (s Status) String() string {
+	switch s {
+	case OK:
+		return "ok"
+	case Open:
+		return "open"
+	case Missing:
+		return "missing credential"
+	case Invalid:
+		return "unknown key"
+	case Ambiguous:
+		return "ambiguous credentials"
+	}
+	return "unknown"
+}
+
+// Result is Check's answer: the outcome, and what of the request carried
+// the credential, which the gateway must not forward upstream.
+type Result struct {
+	Status Status
+	// InAuthorization: the Authorization header held the gateway's
+	// credential (X-API-Key is never forwarded anyway).
+	InAuthorization bool
+}
+
+// Accepted reports whether the request may go on: a key matched, or the
+// gateway is open.
+func (r Result) Accepted() bool { return r.Status == OK || r.Status == Open }
+
+// check authenticates a request against this keyring; the Identity is nil
+// unless Status is OK.
+func (k *Keyring) check(h *fasthttp.RequestHeader) (Result, *Identity) {
+	if k.Open() {
+		return Result{Status: Open}, nil
+	}
+	presented, fromAuthz, ambiguous := credentials(h)
+	switch {
+	case ambiguous:
+		return Result{Status: Ambiguous}, nil
+	case len(presented) == 0:
+		return Result{Status: Missing}, nil
+	}
+	if id := k.find(presented); id != nil {
+		return Result{Status: OK, InAuthorization: fromAuthz}, id
+	}
+	return Result{Status: Invalid}, nil
+}
+
+// Allowed reports whether the request carries a valid key (or the keyring
+// is open). It is what the admin listener uses to guard its routes.
+func (k *Keyring) Allowed(ctx *fasthttp.RequestCtx) bool {
+	r, _ := k.check(&ctx.Request.Header)
+	return r.Accepted()
+}

@@ -1,0 +1,149 @@
+package access
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"fmt"
+	"strings"
+)
+
+// Identity is who a request was accepted as: a configured key's name,
+// scopes and limits. It lives as long as the keyring that made it and is
+// shared by every request with that key; its fields never change.
+type Identity struct {
+	// Name identifies the key in logs and metrics (never the key itself).
+	Name string
+	// Scopes are the routes the key may call.
+	Scopes Scopes
+	// Limits are the key's configured admission limits.
+	Limits Limits
+	// counters are the key's live admission counters (admission.go).
+	counters counters
+}
+
+// Limits are a key's configured admission limits; zero means no limit.
+type Limits struct {
+	// MaxConcurrent caps the key's requests in flight.
+	MaxConcurrent int64
+	// RequestsPerMinute caps the key's requests per wall-clock minute.
+	RequestsPerMinute int64
+}
+
+// apiKey is a configured key: its digest and who it makes the caller.
+type apiKey struct {
+	digest [sha256.Size]byte
+	id     *Identity
+}
+
+// Keyring holds the accepted keys as SHA-256 digests, never the keys, so a
+// heap dump or a debug print shows no secret. It never changes once built:
+// a reload builds a new one.
+type Keyring struct {
+	keys []apiKey
+}
+
+// NewKeyring builds a keyring from plain keys (auth.api_keys: scopes
+// inference and models:read, named by their digest's first 8 hex digits)
+// and scoped keys. No keys at all gives an open keyring.
+func NewKeyring(plain []string, scoped []KeyConfig) (*Keyring, error) {
+	k := &Keyring{}
+	names := map[string]bool{}
+	digests := map[[sha256.Size]byte]bool{}
+	add := func(ak apiKey) error {
+		if names[ak.id.Name] {
+			return fmt.Errorf("duplicate key name %q", ak.id.Name)
+		}
+		if digests[ak.digest] {
+			return fmt.Errorf("key %q repeats an earlier key", ak.id.Name)
+		}
+		names[ak.id.Name], digests[ak.digest] = true, true
+		k.keys = append(k.keys, ak)
+		return nil
+	}
+	for i, key := range plain {
+		if key == "" {
+			return nil, fmt.Errorf("key #%d is empty", i+1)
+		}
+		d := sha256.Sum256([]byte(key))
+		if err := add(apiKey{digest: d, id: &Identity{Name: "key-" + hex.EncodeToString(d[:4]), Scopes: defaultScopes}}); err != nil {
+			return nil, err
+		}
+	}
+	for i, kc := range scoped {
+		id, err := kc.identity()
+		if err != nil {
+			return nil, fmt.Errorf("keys[%d]%s: %w", i, nameSuffix(kc.Name), err)
+		}
+		ak := apiKey{id: id}
+		switch {
+		case kc.Key != "" && kc.SHA256 != "":
+			return nil, fmt.Errorf("keys[%d] (%s): give key or sha256, not both", i, kc.Name)
+		case kc.Key != "":
+			ak.digest = sha256.Sum256([]byte(kc.Key))
+		case kc.SHA256 != "":
+			b, err := hex.DecodeString(strings.TrimSpace(kc.SHA256))
+			if err != nil || len(b) != sha256.Size {
+				return nil, fmt.Errorf("keys[%d] (%s): sha256 must be 64 hex digits", i, kc.Name)
+			}
+			copy(ak.digest[:], b)
+		default:
+			return nil, fmt.Errorf("keys[%d] (%s): key or sha256 is required", i, kc.Name)
+		}
+		if err := add(ak); err != nil {
+			return nil, fmt.Errorf("keys[%d]: %w", i, err)
+		}
+	}
+	return k, nil
+}
+
+// nameSuffix is " (name)" for an error message, or nothing without a name.
+func nameSuffix(name string) string {
+	if name == "" {
+		return ""
+	}
+	return " (" + name + ")"
+}
+
+// identity checks a scoped key's name, scopes and limits.
+func (kc KeyConfig) identity() (*Identity, error) {
+	if kc.Name == "" {
+		return nil, fmt.Errorf("name is required")
+	}
+	if kc.MaxConcurrent < 0 || kc.RequestsPerMinute < 0 {
+		return nil, fmt.Errorf("limits must not be negative")
+	}
+	scopes := defaultScopes
+	if len(kc.Scopes) > 0 {
+		var err error
+		if scopes, err = ParseScopes(kc.Scopes); err != nil {
+			return nil, err
+		}
+	}
+	return &Identity{Name: kc.Name, Scopes: scopes,
+		Limits: Limits{MaxConcurrent: int64(kc.MaxConcurrent), RequestsPerMinute: int64(kc.RequestsPerMinute)}}, nil
+}
+
+// Open reports whether no keys are configured.
+func (k *Keyring) Open() bool { return len(k.keys) == 0 }
+
+// Len is the number of configured keys.
+func (k *Keyring) Len() int { return len(k.keys) }
+
+// find compares the presented key's digest with every configured digest
+// in constant time, without an early exit, so timing does not reveal which
+// key or how much of one matched.
+func (k *Keyring) find(presented []byte) *Identity {
+	d := sha256.Sum256(presented)
+	var found *Identity
+	for i := range k.keys {
+		if digestsEqual(d[:], k.keys[i].digest[:]) == 1 {
+			found = k.keys[i].id
+		}
+	}
+	return found
+}
+
+// digestsEqual is the comparison find makes for every key, a variable only
+// so a test can count the calls (B-35: no early exit, whatever matches).
+var digestsEqual = subtle.ConstantTimeCompare
