@@ -9,12 +9,14 @@ import (
 	"strings"
 
 	"github.com/go-viper/mapstructure/v2"
+	"github.com/rs/zerolog"
 	"github.com/spf13/viper"
 
 	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/admin"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
+	"github.com/vega-gateway/vega-gateway/limits"
 	"github.com/vega-gateway/vega-gateway/metrics"
 	"github.com/vega-gateway/vega-gateway/pool"
 )
@@ -76,6 +78,7 @@ type config struct {
 	Chat      gateway.ChatConfig `mapstructure:"chat"`
 	Log       logConfig          `mapstructure:"log"`
 	Metrics   metrics.Config     `mapstructure:"metrics"`
+	Limits    limits.Config      `mapstructure:"limits"`
 }
 
 // defaults lists every key with its default. Each default comes from the
@@ -148,6 +151,11 @@ func defaults() map[string]any {
 		"log.max_size_mb":              100,
 		"log.max_backups":              5,
 		"log.buffer_lines":             10000,
+		"limits.redis_url":             "",
+		"limits.on_redis_error":        limits.DefaultOnRedisError,
+		"limits.redis_timeout":         limits.DefaultRedisTimeout,
+		"limits.lease_ttl":             limits.DefaultLeaseTTL,
+		"limits.backend_max_in_flight": 0,
 		"metrics.models":               []string{},
 		"metrics.max_models":           metrics.DefaultMaxModels,
 		"metrics.cold_load_threshold":  metrics.DefaultColdLoadThreshold,
@@ -267,7 +275,7 @@ func jsonToScopedKeys() mapstructure.DecodeHookFuncType {
 		dec := json.NewDecoder(strings.NewReader(data.(string)))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&keys); err != nil {
-			return nil, errors.New("auth.keys: must be a JSON list of {name, key or sha256, scopes, max_concurrent, requests_per_minute}")
+			return nil, errors.New("auth.keys: must be a JSON list of {name, key or sha256, scopes, max_concurrent, requests_per_minute, tokens_per_minute, tokens_per_day}")
 		}
 		return keys, nil
 	}
@@ -309,7 +317,7 @@ func stringToUpstreams() mapstructure.DecodeHookFuncType {
 func redact(err error) error {
 	msg := err.Error()
 	if strings.Contains(msg, "auth.") {
-		return errors.New("config: auth.api_keys / auth.admin_api_keys must be lists of strings, auth.keys a list of {name, key or sha256, scopes, max_concurrent, requests_per_minute}")
+		return errors.New("config: auth.api_keys / auth.admin_api_keys must be lists of strings, auth.keys a list of {name, key or sha256, scopes, max_concurrent, requests_per_minute, tokens_per_minute, tokens_per_day}")
 	}
 	return fmt.Errorf("config: %w", err)
 }
@@ -347,8 +355,13 @@ func (c config) validate() error {
 	if c.Admin.Listen == c.Gateway.Listen {
 		return fmt.Errorf("admin.listen: must differ from gateway.listen (%q)", c.Gateway.Listen)
 	}
-	// The packages validate their own sections; building the pools and the
-	// fleet starts nothing and opens no connection.
+	// The packages validate their own sections; building the limiter, the
+	// pools and the fleet starts nothing and opens no connection.
+	lim, err := c.newLimiter(zerolog.Nop())
+	if err != nil {
+		return err
+	}
+	_ = lim.Close()
 	if _, err := c.newFleet(); err != nil {
 		return err
 	}
@@ -359,6 +372,14 @@ func (c config) validate() error {
 		return fmt.Errorf("pool.max_wait: must be positive, got %s", c.Pool.MaxWait)
 	}
 	return nil
+}
+
+// newLimiter builds the limiter of config key limits.*, with the per-IP
+// failure budget of auth.max_failures_per_ip. It opens no connection.
+func (c config) newLimiter(log zerolog.Logger) (*limits.Limiter, error) {
+	lc := c.Limits
+	lc.MaxFailuresPerIP = c.Auth.MaxFailuresPerIP
+	return limits.New(lc, log)
 }
 
 // newFleet builds one pool per backend — upstreams, else upstream.url

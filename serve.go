@@ -21,6 +21,7 @@ import (
 	"github.com/vega-gateway/vega-gateway/admin"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
+	"github.com/vega-gateway/vega-gateway/limits"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
 	"github.com/vega-gateway/vega-gateway/pool"
 )
@@ -129,6 +130,7 @@ type app struct {
 	fleet   *fleet.Fleet
 	pools   []*pool.Pool
 	gw      *gateway.Gateway
+	limits  *limits.Limiter
 	admin   *admin.Server
 	gwLn    net.Listener
 	adminLn net.Listener
@@ -147,6 +149,12 @@ func newApp(cfg config, log zerolog.Logger, sink *logSink) (*app, error) {
 	if err != nil {
 		return nil, err
 	}
+	limits.SetClientLogger(log)
+	lim, err := cfg.newLimiter(log)
+	if err != nil {
+		return nil, err
+	}
+	gw.SetLimiter(lim)
 	adminKeys := cfg.Auth.AdminAPIKeys
 	if len(adminKeys) == 0 {
 		adminKeys = cfg.Auth.APIKeys
@@ -156,7 +164,7 @@ func newApp(cfg config, log zerolog.Logger, sink *logSink) (*app, error) {
 		return nil, fmt.Errorf("auth.admin_api_keys: %w", err)
 	}
 	pools := fleetPools(f)
-	a := &app{cfg: cfg, log: log, fleet: f, pools: pools, gw: gw}
+	a := &app{cfg: cfg, log: log, fleet: f, pools: pools, gw: gw, limits: lim}
 	src := admin.Sources{
 		Fleet: f.Snapshot,
 		Ready: func() bool { return anyReady(pools) },
@@ -219,13 +227,18 @@ func (a *app) run(sigs, hup <-chan os.Signal) int {
 	} else {
 		started.Str("routing_policy", a.fleet.Config().Policy)
 	}
-	started.Array("backends", backends).Str("version", version).Msg("vega-gateway started")
+	started.Array("backends", backends).Str("limits", a.limits.Where()).Str("version", version).Msg("vega-gateway started")
+	if !a.limits.Shared() {
+		log.Debug().Msg("limits are kept in this process: with several replicas each enforces them on its own (set limits.redis_url to share them)")
+	}
 
 	// The fleet runs every backend's health prober (and, with several, its
 	// catalogue refresher) until stopHealth; Run returns once they have.
 	healthCtx, stopHealth := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(4)
+	// The limiter refreshes this replica's Redis leases until stopHealth.
+	go func() { defer wg.Done(); a.limits.Run(healthCtx) }()
 	go func() {
 		defer wg.Done()
 		several := a.fleet.Len() > 1
@@ -286,6 +299,7 @@ wait:
 		return 1
 	}
 	wg.Wait()
+	_ = a.limits.Close()
 	log.Info().Msg("stopped")
 	return code
 }

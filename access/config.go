@@ -56,6 +56,12 @@ type KeyConfig struct {
 	// RequestsPerMinute caps this key's request rate (429 above it); 0
 	// means no cap.
 	RequestsPerMinute int `mapstructure:"requests_per_minute" json:"requests_per_minute" yaml:"requests_per_minute"`
+	// TokensPerMinute is this key's budget of prompt + completion tokens
+	// per clock minute: requests are admitted while some is left and
+	// charged when they end (429 once it is used up); 0 means no budget.
+	TokensPerMinute int64 `mapstructure:"tokens_per_minute" json:"tokens_per_minute" yaml:"tokens_per_minute"`
+	// TokensPerDay is the same per UTC day; 0 means no budget.
+	TokensPerDay int64 `mapstructure:"tokens_per_day" json:"tokens_per_day" yaml:"tokens_per_day"`
 }
 
 func (c Config) validate() error {

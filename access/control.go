@@ -37,6 +37,9 @@ func (c *Control) Config() Config { return c.cfg }
 // Open reports whether no keys are configured: every request is let in.
 func (c *Control) Open() bool { return c.ring.Load().Open() }
 
+// Identities lists the configured keys' identities (none when open).
+func (c *Control) Identities() []*Identity { return c.ring.Load().Identities() }
+
 // Check authenticates one request from its headers. The Identity is the
 // matched key (nil unless Result.Status is OK); now is the gateway's clock
 // for the request.

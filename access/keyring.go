@@ -16,10 +16,9 @@ type Identity struct {
 	Name string
 	// Scopes are the routes the key may call.
 	Scopes Scopes
-	// Limits are the key's configured admission limits.
+	// Limits are the key's configured admission limits, which the limits
+	// package enforces.
 	Limits Limits
-	// counters are the key's live admission counters (admission.go).
-	counters counters
 }
 
 // Limits are a key's configured admission limits; zero means no limit.
@@ -28,6 +27,11 @@ type Limits struct {
 	MaxConcurrent int64
 	// RequestsPerMinute caps the key's requests per wall-clock minute.
 	RequestsPerMinute int64
+	// TokensPerMinute is the key's budget of prompt + completion tokens per
+	// wall-clock minute.
+	TokensPerMinute int64
+	// TokensPerDay is the key's budget of tokens per UTC day.
+	TokensPerDay int64
 }
 
 // apiKey is a configured key: its digest and who it makes the caller.
@@ -110,7 +114,7 @@ func (kc KeyConfig) identity() (*Identity, error) {
 	if kc.Name == "" {
 		return nil, fmt.Errorf("name is required")
 	}
-	if kc.MaxConcurrent < 0 || kc.RequestsPerMinute < 0 {
+	if kc.MaxConcurrent < 0 || kc.RequestsPerMinute < 0 || kc.TokensPerMinute < 0 || kc.TokensPerDay < 0 {
 		return nil, fmt.Errorf("limits must not be negative")
 	}
 	scopes := defaultScopes
@@ -121,11 +125,22 @@ func (kc KeyConfig) identity() (*Identity, error) {
 		}
 	}
 	return &Identity{Name: kc.Name, Scopes: scopes,
-		Limits: Limits{MaxConcurrent: int64(kc.MaxConcurrent), RequestsPerMinute: int64(kc.RequestsPerMinute)}}, nil
+		Limits: Limits{MaxConcurrent: int64(kc.MaxConcurrent), RequestsPerMinute: int64(kc.RequestsPerMinute),
+			TokensPerMinute: kc.TokensPerMinute, TokensPerDay: kc.TokensPerDay}}, nil
 }
 
 // Open reports whether no keys are configured.
 func (k *Keyring) Open() bool { return len(k.keys) == 0 }
+
+// Identities lists who each configured key makes the caller, in
+// configuration order.
+func (k *Keyring) Identities() []*Identity {
+	out := make([]*Identity, len(k.keys))
+	for i := range k.keys {
+		out[i] = k.keys[i].id
+	}
+	return out
+}
 
 // Len is the number of configured keys.
 func (k *Keyring) Len() int { return len(k.keys) }

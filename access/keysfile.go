@@ -45,7 +45,7 @@ func ReadKeysFile(path string) ([]KeyConfig, error) {
 	if err != nil {
 		// The decoder's message may quote the offending line, which may be
 		// a key: say only where.
-		return nil, fmt.Errorf("auth.keys_file %s: not a valid list of keys (YAML or JSON; fields name, key or sha256, scopes, max_concurrent, requests_per_minute)", path)
+		return nil, fmt.Errorf("auth.keys_file %s: not a valid list of keys (YAML or JSON; fields name, key or sha256, scopes, max_concurrent, requests_per_minute, tokens_per_minute, tokens_per_day)", path)
 	}
 	return list, nil
 }

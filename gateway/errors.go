@@ -29,7 +29,8 @@ const (
 	outcomeShutdownAborted     = "shutdown_aborted"
 	outcomeInternalError       = "internal_error"
 	outcomeMaxDuration         = "max_duration"
-	outcomeShed                = "shed" // over gateway.max_in_flight (Envoy's overload manager flag OM)
+	outcomeShed                = "shed"               // over gateway.max_in_flight (Envoy's overload manager flag OM)
+	outcomeLimitsUnavailable   = "limits_unavailable" // limits.on_redis_error: deny, and Redis did not answer
 )
 
 // statusClientClosedNoBytes is logged when the client left before any

@@ -13,6 +13,7 @@ import (
 
 	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/fleet"
+	"github.com/vega-gateway/vega-gateway/limits"
 	"github.com/vega-gateway/vega-gateway/pool"
 	"github.com/vega-gateway/vega-gateway/trace"
 )
@@ -41,8 +42,13 @@ type exchange struct {
 	goneFn func() bool
 	// idReplaced: the client sent a correlation ID that was not kept.
 	idReplaced bool
-	// key holds a concurrency slot of the request's key until finish.
-	key *access.Identity
+	// key is the request's identity (nil on an open gateway); grant is
+	// what the limiter admitted it with, held until finish.
+	key   *access.Identity
+	grant limits.Grant
+	// backendLease is the backend's limits.backend_max_in_flight slot,
+	// held until finish.
+	backendLease limits.BackendLease
 	// inFlight: counted in Gateway.inFlight until finish.
 	inFlight bool
 
@@ -241,9 +247,10 @@ func (x *exchange) finish() {
 	}
 	x.endTicket()
 	g.observe(x, dur)
-	if x.key != nil {
-		x.key.Release()
-	}
+	// Slots go back and tokens are charged however the request ended: a
+	// stream cut by its client included (its close calls finish).
+	g.limits.Done(&x.grant, x.promptTokens+x.completionTokens)
+	g.limits.ReleaseBackend(&x.backendLease)
 	if x.inFlight {
 		g.inFlight.Add(-1)
 	}

@@ -7,11 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/valyala/fasthttp"
 
 	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/fleet"
+	"github.com/vega-gateway/vega-gateway/limits"
 	"github.com/vega-gateway/vega-gateway/pool"
 )
 
@@ -88,9 +90,24 @@ func (g *Gateway) send(x *exchange, t target, req *fasthttp.Request, resp *fasth
 		x.backend, x.up, x.reason = b, b.Pool, reason
 		t.Tried |= b.Bit()
 		more := x.attempts < maxAttempts
+		// A backend at its fleet-wide bound (limits.backend_max_in_flight)
+		// is passed over like a busy one.
+		lease, d := g.limits.AcquireBackend(b.Name)
+		if !d.OK() {
+			err := errLimitsUnavailable
+			if d.Reason == limits.BackendBusy {
+				err = errBackendsAtLimit
+			}
+			if more && err == errBackendsAtLimit {
+				last = err
+				continue
+			}
+			return nil, err
+		}
 		rel, waited, err := b.Pool.AcquireWhile(g.closing, x.goneFn)
 		x.queueWait += waited
 		if err != nil {
+			g.limits.ReleaseBackend(&lease)
 			if more && retryableAdmission(err) {
 				last = err
 				continue
@@ -111,6 +128,7 @@ func (g *Gateway) send(x *exchange, t target, req *fasthttp.Request, resp *fasth
 		x.retries += retries
 		if err != nil {
 			rel()
+			g.limits.ReleaseBackend(&lease)
 			if errors.Is(err, pool.ErrClientGone) {
 				ticket.End(fleet.Neutral, 0)
 				return nil, err
@@ -129,6 +147,7 @@ func (g *Gateway) send(x *exchange, t target, req *fasthttp.Request, resp *fasth
 				_ = resp.CloseBodyStream()
 				resp.Reset()
 				rel()
+				g.limits.ReleaseBackend(&lease)
 				ticket.End(res, 0)
 				switch res {
 				case fleet.Busy:
@@ -141,7 +160,7 @@ func (g *Gateway) send(x *exchange, t target, req *fasthttp.Request, resp *fasth
 				continue
 			}
 		}
-		x.ticket = ticket
+		x.ticket, x.backendLease = ticket, lease
 		return rel, nil
 	}
 }
@@ -193,6 +212,10 @@ func fleetError(err error, model string) (apiError, bool) {
 		return apiError{503, "no_backend", "no backend is available: every one is down, circuit-broken or already tried", outcomeUpstreamUnhealthy, retryAfterUnhealthySeconds}, true
 	case errors.Is(err, errAllBusy):
 		return apiError{503, "upstream_busy", "server busy, please try again.  maximum pending requests exceeded", outcomeUpstreamHTTPError, retryAfterSeconds}, true
+	case errors.Is(err, errBackendsAtLimit):
+		return errBackendBusy, true
+	case errors.Is(err, errLimitsUnavailable):
+		return limitError(limits.Decision{Reason: limits.Unavailable, RetryAfter: 1}, time.Time{}), true
 	}
 	return apiError{}, false
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"net"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/fleet"
+	"github.com/vega-gateway/vega-gateway/limits"
 	"github.com/vega-gateway/vega-gateway/pool"
 )
 
@@ -40,8 +40,9 @@ type Gateway struct {
 	// hijacked counts the client connections that streams took off
 	// fasthttp's workers (hijack.go), which fasthttp no longer counts.
 	hijacked atomic.Int64
-	// failures is the per-IP authentication failure budget (nil: off).
-	failures *access.FailureBudget
+	// limits admits requests: the keys' limits, the per-IP failure
+	// budget, the per-backend bound (in the process, or shared in Redis).
+	limits *limits.Limiter
 	// allowed is the model allowlist (nil: any model), names normalised.
 	allowed map[string]bool
 	// inFlight counts requests against cfg.MaxInFlight (shed.go);
@@ -93,8 +94,14 @@ func New(cfg Config, chat ChatConfig, auth access.Config, backends *fleet.Fleet,
 	if err != nil {
 		return nil, err
 	}
-	g := &Gateway{cfg: cfg, chat: chat, auth: auth, access: ac, fleet: backends, pool: backends.First().Pool, log: log, closing: make(chan struct{}),
-		failures: access.NewFailureBudget(auth.MaxFailuresPerIP)}
+	// In the process until SetLimiter hands over main's (which may share
+	// its counters through Redis).
+	lim, err := limits.New(limits.Config{MaxFailuresPerIP: auth.MaxFailuresPerIP}, log)
+	if err != nil {
+		return nil, err
+	}
+	g := &Gateway{cfg: cfg, chat: chat, auth: auth, access: ac, fleet: backends, pool: backends.First().Pool, log: log, closing: make(chan struct{})}
+	g.SetLimiter(lim)
 	for _, m := range cfg.ModelAllowlist {
 		if g.allowed == nil {
 			g.allowed = map[string]bool{}
@@ -143,10 +150,38 @@ func (g *Gateway) SetObserver(fn func(*Record)) { g.observer = fn }
 // Open reports whether no API keys are configured.
 func (g *Gateway) Open() bool { return g.access.Open() }
 
+// SetLimiter makes l decide admissions (its MaxFailuresPerIP is the per-IP
+// budget) and hands it the keys' limits. Call it before Serve; the
+// gateway does not close l.
+func (g *Gateway) SetLimiter(l *limits.Limiter) {
+	g.limits = l
+	g.setKeyLimits()
+}
+
+// Limiter is the limiter deciding admissions.
+func (g *Gateway) Limiter() *limits.Limiter { return g.limits }
+
+// setKeyLimits hands the configured keys' limits to the limiter.
+func (g *Gateway) setKeyLimits() {
+	ids := g.access.Identities()
+	m := make(map[string]limits.KeyLimits, len(ids))
+	for _, id := range ids {
+		m[id.Name] = limits.KeyLimits{RequestsPerMinute: int(id.Limits.RequestsPerMinute), MaxConcurrent: int(id.Limits.MaxConcurrent),
+			TokensPerMinute: id.Limits.TokensPerMinute, TokensPerDay: id.Limits.TokensPerDay}
+	}
+	g.limits.SetKeys(m)
+}
+
 // ReloadKeys re-reads auth.keys_file and swaps the keys at once: new
 // requests use the new keys, open streams are not touched. On error the
 // old keys stay.
-func (g *Gateway) ReloadKeys() error { return g.access.Reload() }
+func (g *Gateway) ReloadKeys() error {
+	if err := g.access.Reload(); err != nil {
+		return err
+	}
+	g.setKeyLimits()
+	return nil
+}
 
 // KeyReloadFailures is the number of ReloadKeys calls that failed (the
 // previous keys stayed in force each time).
@@ -253,13 +288,14 @@ func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 		ctx.SetConnectionClose()
 		return
 	}
-	if over, wait := g.failures.Blocked(x.remote, x.start); over {
-		g.reject(ctx, x, apiError{429, "rate_limited", "too many failed authentications from this address", outcomeAuthFailed, strconv.FormatInt(wait, 10)})
-		return
-	}
 	res, id := g.access.Check(&ctx.Request.Header, x.start)
 	if !res.Accepted() {
-		g.failures.Fail(x.remote, x.start)
+		// One limiter call counts the failure, or says the IP had used its
+		// budget already (429 rather than 401).
+		if d := g.limits.Failed(x.remote); !d.OK() {
+			g.reject(ctx, x, limitError(d, x.start))
+			return
+		}
 		g.reject(ctx, x, errUnauthorized)
 		return
 	}
@@ -279,9 +315,10 @@ func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 	handedOff = g.proxy(ctx, x, res.InAuthorization)
 }
 
-// authorize checks the route's scope and the key's limits; id is nil on an
-// open gateway. On success the exchange holds a slot of the key's
-// concurrency until it finishes.
+// authorize checks the route's scope, then asks the limiter, in one call
+// (one Redis round trip at most), about the client IP's failure budget and
+// the key's limits; id is nil on an open gateway, which has neither. On
+// success the exchange holds the limiter's grant until it finishes.
 func (g *Gateway) authorize(x *exchange, id *access.Identity) (apiError, bool) {
 	need := x.route.scope()
 	if id == nil {
@@ -297,14 +334,11 @@ func (g *Gateway) authorize(x *exchange, id *access.Identity) (apiError, bool) {
 		}
 		return apiError{403, "route_forbidden", "this key's scopes do not allow this route", outcomeClientError, ""}, false
 	}
-	now := time.Now()
-	switch refused, wait := id.Admit(now); refused {
-	case access.OverRate:
-		return apiError{429, "rate_limited", "this key's request rate limit is reached", outcomeClientError, strconv.FormatInt(wait, 10)}, false
-	case access.OverConcurrency:
-		return apiError{429, "key_concurrency_limit", "this key has too many requests in flight", outcomeClientError, retryAfterSeconds}, false
+	grant, d := g.limits.Admit(x.remote, id.Name)
+	if !d.OK() {
+		return limitError(d, x.start), false
 	}
-	x.key = id
+	x.key, x.grant = id, grant
 	return apiError{}, true
 }
 

@@ -154,6 +154,15 @@ func New(cfg Config, log zerolog.Logger) (*Limiter, error) {
 // Shared reports whether the counters are in Redis (shared by replicas).
 func (l *Limiter) Shared() bool { return l.redis != nil }
 
+// Where names the counters' store for a log line: "process", or the Redis
+// address and database, never the URL's credentials.
+func (l *Limiter) Where() string {
+	if l.redis == nil {
+		return "process"
+	}
+	return l.redis.where
+}
+
 // Stats are the limiter's counters.
 func (l *Limiter) Stats() *Stats { return &l.stats }
 

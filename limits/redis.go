@@ -151,6 +151,7 @@ type redisStore struct {
 	c       *redis.Client
 	timeout time.Duration
 	ttlMS   string
+	where   string // redis://host:port/db, no credentials
 }
 
 func newRedisStore(opt *redis.Options, timeout time.Duration) *redisStore {
@@ -169,7 +170,12 @@ func newRedisStore(opt *redis.Options, timeout time.Duration) *redisStore {
 	// counters do not need.
 	opt.DisableIdentity = true
 	opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
-	return &redisStore{c: redis.NewClient(opt), timeout: timeout}
+	scheme := "redis"
+	if opt.TLSConfig != nil {
+		scheme = "rediss"
+	}
+	where := scheme + "://" + opt.Addr + "/" + strconv.Itoa(opt.DB)
+	return &redisStore{c: redis.NewClient(opt), timeout: timeout, where: where}
 }
 
 // ctx bounds one call: a try and its retry.

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/vega-gateway/vega-gateway/gateway"
+	"github.com/vega-gateway/vega-gateway/limits"
 	"github.com/vega-gateway/vega-gateway/pool"
 )
 
@@ -64,6 +65,7 @@ type Metrics struct {
 	started   time.Time
 	pools     func() []pool.Snapshot
 	streams   func() int
+	limits    *limits.Limiter // nil until RegisterLimits
 	reg       *prometheus.Registry
 	requests  *prometheus.CounterVec
 	duration  *prometheus.HistogramVec

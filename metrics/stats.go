@@ -36,6 +36,8 @@ type ResourceStats struct {
 	ClientDisconnects int64                 `json:"client_disconnects"`
 	UpstreamErrors    int64                 `json:"upstream_errors"`
 	Upstreams         []UpstreamHealth      `json:"upstreams"`
+	// Limits are the keys' use of their limits (null without a limiter).
+	Limits *LimitsStats `json:"limits"`
 }
 
 // Percentiles are estimates from histogram buckets, by linear
@@ -115,6 +117,9 @@ func (m *Metrics) Stats() ResourceStats {
 	if m.streams != nil {
 		n := int64(m.streams())
 		st.StreamsActive = &n
+	}
+	if m.limits != nil {
+		st.Limits = limitsStats(m.limits)
 	}
 	st.DurationMS = dur.percentiles()
 	st.TTFBMS = ttfb.percentiles()
