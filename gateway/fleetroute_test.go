@@ -16,6 +16,7 @@ import (
 	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
+	"github.com/vega-gateway/vega-gateway/limits"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
 	"github.com/vega-gateway/vega-gateway/pool"
 )
@@ -37,6 +38,8 @@ type routingOptions struct {
 	// noRun: no health probes or catalogue refresh (the catalogue stays
 	// unknown, the backends healthy, whatever happens to them).
 	noRun bool
+	// limits, when set, replaces the gateway's in-process default limiter.
+	limits *limits.Config
 }
 
 func startRoutingEnv(t *testing.T, o routingOptions) *routingEnv {
@@ -77,6 +80,14 @@ func startRoutingEnv(t *testing.T, o routingOptions) *routingEnv {
 		t.Fatal(err)
 	}
 	e.gw = gw
+	if o.limits != nil {
+		lim, err := limits.New(*o.limits, zerolog.Nop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { lim.Close() })
+		gw.SetLimiter(lim)
+	}
 	ctx, stop := context.WithCancel(context.Background())
 	running := make(chan struct{})
 	if o.noRun {
