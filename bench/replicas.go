@@ -59,7 +59,7 @@ func keysJSON(limits map[string]any) string {
 
 // replicaVariants are the latency columns: the same two gateways and load,
 // with the key's limits off, kept in each process, and shared in Redis.
-var replicaVariants = []string{"limits off", "in-process limits", "Redis limits"}
+var replicaVariants = []string{"limits off", "in-process limits", "Redis limits", "Redis, rpm only"}
 
 func runReplicas(rf *replicasFlags, runs int, dir string) error {
 	gwBin, fakeBin, err := buildBinaries(dir)
@@ -82,10 +82,12 @@ func runReplicas(rf *replicasFlags, runs int, dir string) error {
 		"limits off":        {upstreams, "VEGA_AUTH_KEYS=" + keysJSON(nil)},
 		"in-process limits": {upstreams, "VEGA_AUTH_KEYS=" + keysJSON(all)},
 		"Redis limits":      {upstreams, "VEGA_AUTH_KEYS=" + keysJSON(all), "VEGA_LIMITS_REDIS_URL=" + rd.url()},
+		// Admission only: no token budget to charge, no slot to give back.
+		"Redis, rpm only": {upstreams, "VEGA_AUTH_KEYS=" + keysJSON(map[string]any{"requests_per_minute": huge}), "VEGA_LIMITS_REDIS_URL=" + rd.url()},
 	}
 	fmt.Printf("#### replicas: two gateway processes, one redis-server (loopback), three fake Ollamas (processes)\n\n")
 	fmt.Printf("%d closed-loop clients alternating over the two gateways, non-stream /api/chat (5 tokens), %s (+%s warmup) per variant × %d runs, order rotated per run; not pinned. "+
-		"Limits on: the key has requests_per_minute, max_concurrent, tokens_per_minute and tokens_per_day, all out of reach, so every check is made (with Redis: one script at admission, one at the end).\n\n",
+		"Limits on: the key has requests_per_minute, max_concurrent, tokens_per_minute and tokens_per_day, all out of reach, so every check is made (with Redis: one script at admission, one at the end); rpm only: requests_per_minute alone, one script at admission and nothing at the end.\n\n",
 		rf.conns, rf.duration, rf.warmup, runs)
 	res := map[string][]loadResult{}
 	for r := range runs {
