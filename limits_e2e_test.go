@@ -70,7 +70,7 @@ func TestLimitsAcrossReplicas(t *testing.T) {
 	})
 	const leaseTTL = 2 * time.Second
 	env := []string{"VEGA_UPSTREAMS=" + strings.Join(urls, ","), "VEGA_LIMITS_REDIS_URL=" + rd.URL(),
-		"VEGA_AUTH_KEYS=" + string(keys), "VEGA_LIMITS_LEASE_TTL=" + leaseTTL.String(), "VEGA_LIMITS_REDIS_TIMEOUT=200ms",
+		"VEGA_AUTH_KEYS=" + string(keys), "VEGA_LIMITS_LEASE_TTL=" + leaseTTL.String(), "VEGA_LIMITS_REDIS_TIMEOUT=1s",
 		"VEGA_LOG_LEVEL=warn"}
 	gws := []*gatewayProcess{startProcess(t, []string{"serve"}, env...), startProcess(t, []string{"serve"}, env...)}
 	top := t // processes started in a subtest outlive it

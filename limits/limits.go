@@ -250,7 +250,7 @@ func (l *Limiter) Done(g *Grant, tokens int64) {
 			tokens = 0
 		}
 		if err := l.store().end(k, tokens, g.lease, g.leased); err != nil {
-			l.failed("end", err)
+			l.noteError("end", err)
 		} else {
 			l.ok()
 		}
@@ -268,7 +268,7 @@ func (l *Limiter) Failed(ip net.IP) Decision {
 	if err != nil {
 		// A budget that cannot be counted refuses nothing: the request
 		// gets its 401 either way.
-		l.failed("fail", err)
+		l.noteError("fail", err)
 		return Decision{}
 	}
 	l.ok()
@@ -321,7 +321,7 @@ func (l *Limiter) ReleaseBackend(b *BackendLease) {
 		l.untrack(b.lease)
 	}
 	if err := l.store().releaseBackend(b.name, b.lease); err != nil {
-		l.failed("backend_release", err)
+		l.noteError("backend_release", err)
 	} else {
 		l.ok()
 	}
@@ -354,7 +354,7 @@ func (l *Limiter) Usage() ([]KeyUsage, error) {
 	sortKeys(keys)
 	out, err := l.store().usage(keys)
 	if err != nil {
-		l.failed("usage", err)
+		l.noteError("usage", err)
 		return nil, fmt.Errorf("limits usage: %w", err)
 	}
 	return out, nil
@@ -383,7 +383,7 @@ func (l *Limiter) Run(ctx context.Context) {
 				continue
 			}
 			if err := l.redis.refresh(held, l.cfg.LeaseTTL); err != nil {
-				l.failed("refresh", err)
+				l.noteError("refresh", err)
 			} else {
 				l.ok()
 			}
@@ -415,9 +415,20 @@ func (l *Limiter) untrack(lease string) {
 	l.leaseMu.Unlock()
 }
 
-// failed counts a Redis failure, logs at most one line per interval, and
-// answers as limits.on_redis_error says.
+// failed notes a Redis failure of an admission and answers as
+// limits.on_redis_error says.
 func (l *Limiter) failed(op string, err error) Decision {
+	l.noteError(op, err)
+	if l.cfg.OnRedisError == OnErrorDeny {
+		l.stats.Refused[Unavailable].Add(1)
+		return Decision{Reason: Unavailable, RetryAfter: 1}
+	}
+	l.stats.AllowedUnchecked.Add(1)
+	return Decision{}
+}
+
+// noteError counts a Redis failure and logs at most one line per interval.
+func (l *Limiter) noteError(op string, err error) {
 	l.stats.RedisErrors.Add(1)
 	l.down.Store(true)
 	now := time.Now().UnixNano()
@@ -429,12 +440,6 @@ func (l *Limiter) failed(op string, err error) Decision {
 	} else {
 		l.suppressed.Add(1)
 	}
-	if l.cfg.OnRedisError == OnErrorDeny {
-		l.stats.Refused[Unavailable].Add(1)
-		return Decision{Reason: Unavailable, RetryAfter: 1}
-	}
-	l.stats.AllowedUnchecked.Add(1)
-	return Decision{}
 }
 
 // ok notes a Redis call that succeeded, logging the first after failures.

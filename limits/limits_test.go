@@ -50,6 +50,10 @@ func stores(t *testing.T) []store {
 				t.Fatal(err)
 			}
 			cfg.RedisURL = srv.URL()
+			// These cases are about what is counted, not about slow
+			// answers: a loaded test machine must not turn them into
+			// on_redis_error decisions.
+			cfg.RedisTimeout = 2 * time.Second
 			return build(t, cfg)
 		}},
 	}
@@ -270,7 +274,7 @@ func TestSharedRateExact(t *testing.T) {
 // them within limits.lease_ttl; a live replica's refreshed lease holds.
 func TestLeaseExpiry(t *testing.T) {
 	srv := redistest.Start(t)
-	cfg := limits.Config{RedisURL: srv.URL(), LeaseTTL: time.Second, RedisTimeout: time.Second, BackendMaxInFlight: 1}
+	cfg := limits.Config{RedisURL: srv.URL(), LeaseTTL: 2 * time.Second, RedisTimeout: time.Second, BackendMaxInFlight: 1}
 	newL := func() *limits.Limiter {
 		l, err := limits.New(cfg, zerolog.Nop())
 		if err != nil {
