@@ -2,6 +2,7 @@ package access
 
 import (
 	"bytes"
+	"time"
 
 	"github.com/valyala/fasthttp"
 )
@@ -58,6 +59,13 @@ const (
 	Missing                 // no credential presented
 	Invalid                 // a credential presented that matches no key
 	Ambiguous               // two different credentials, or a repeated header
+
+	// The refusals of an Ollama signed request (ollama.go).
+	SignedMalformed    // Authorization or ts not in the client's form
+	SignedUnknownKey   // a public key not in auth.ollama_keys
+	SignedBadSignature // the signature does not cover this method, path and ts
+	SignedStale        // ts older than auth.ollama_max_skew
+	SignedFuture       // ts further ahead than auth.ollama_max_skew
 )
 
 // String is the status as the access log's reason for a refusal.
@@ -73,6 +81,16 @@ func (s Status) String() string {
 		return "unknown key"
 	case Ambiguous:
 		return "ambiguous credentials"
+	case SignedMalformed:
+		return "malformed signed request"
+	case SignedUnknownKey:
+		return "unknown ollama key"
+	case SignedBadSignature:
+		return "bad signature"
+	case SignedStale:
+		return "stale ts"
+	case SignedFuture:
+		return "future ts"
 	}
 	return "unknown"
 }
@@ -84,17 +102,30 @@ type Result struct {
 	// InAuthorization: the Authorization header held the gateway's
 	// credential (X-API-Key is never forwarded anyway).
 	InAuthorization bool
+	// SignedTS: the query's ts parameter was part of an Ollama signed
+	// credential, not something for Ollama.
+	SignedTS bool
+	// KeyName is the key the request was made with, when known: the
+	// accepted key, or the Ollama key whose signature failed or was out of
+	// time (for the log: whose client is misconfigured).
+	KeyName string
 }
 
 // Accepted reports whether the request may go on: a key matched, or the
 // gateway is open.
 func (r Result) Accepted() bool { return r.Status == OK || r.Status == Open }
 
-// check authenticates a request against this keyring; the Identity is nil
-// unless Status is OK.
-func (k *Keyring) check(h *fasthttp.RequestHeader) (Result, *Identity) {
+// check authenticates a request against this keyring at now; the Identity
+// is nil unless Status is OK.
+func (k *Keyring) check(h *fasthttp.RequestHeader, now time.Time) (Result, *Identity) {
 	if k.Open() {
 		return Result{Status: Open}, nil
+	}
+	if cred, ok := signedCredential(h); ok {
+		if len(h.PeekAll(HeaderAPIKey)) > 0 {
+			return Result{Status: Ambiguous}, nil
+		}
+		return k.checkSigned(h, cred, now)
 	}
 	presented, fromAuthz, ambiguous := credentials(h)
 	switch {
@@ -104,7 +135,7 @@ func (k *Keyring) check(h *fasthttp.RequestHeader) (Result, *Identity) {
 		return Result{Status: Missing}, nil
 	}
 	if id := k.find(presented); id != nil {
-		return Result{Status: OK, InAuthorization: fromAuthz}, id
+		return Result{Status: OK, InAuthorization: fromAuthz, KeyName: id.Name}, id
 	}
 	return Result{Status: Invalid}, nil
 }
@@ -112,6 +143,6 @@ func (k *Keyring) check(h *fasthttp.RequestHeader) (Result, *Identity) {
 // Allowed reports whether the request carries a valid key (or the keyring
 // is open). It is what the admin listener uses to guard its routes.
 func (k *Keyring) Allowed(ctx *fasthttp.RequestCtx) bool {
-	r, _ := k.check(&ctx.Request.Header)
+	r, _ := k.check(&ctx.Request.Header, time.Now())
 	return r.Accepted()
 }

@@ -260,9 +260,11 @@ func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 	res, id := g.access.Check(&ctx.Request.Header, x.start)
 	if !res.Accepted() {
 		g.failures.Fail(x.remote, x.start)
-		g.reject(ctx, x, errUnauthorized)
+		x.authReason, x.keyName = res.Status.String(), res.KeyName
+		g.reject(ctx, x, unauthorized(res.Status))
 		return
 	}
+	x.signedTS = res.SignedTS
 	if e, ok := g.authorize(x, id); !ok {
 		g.reject(ctx, x, e)
 		return

@@ -9,6 +9,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
 
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/pool"
 	"github.com/vega-gateway/vega-gateway/trace"
 )
@@ -118,11 +119,26 @@ func (g *Gateway) outboundRequest(ctx *fasthttp.RequestCtx, x *exchange, req *fa
 	copyRequestHeaders(&ctx.Request.Header, &req.Header, keyInAuthorization)
 	// The path forwarded is the normalised one the route and scope were
 	// decided on (re-encoded), never another spelling of it; the query goes
-	// through verbatim, uninspected.
-	req.Header.SetRequestURIBytes(ctx.URI().RequestURI())
+	// through verbatim, uninspected, but for an Ollama signature's ts.
+	uri := ctx.URI().RequestURI()
+	if x.signedTS {
+		uri = withoutTS(x, uri)
+	}
+	req.Header.SetRequestURIBytes(uri)
 	req.Header.Set(trace.HeaderCorrelationID, x.id)
 	req.Header.SetBytesV(trace.HeaderTraceparent, x.traceparent)
 	req.Header.SetBytesV("X-Forwarded-For", g.forwardedFor(x, ctx.RemoteIP(), &ctx.Request.Header))
+}
+
+// withoutTS is uri less its query's ts parameter, in x's scratch buffer.
+func withoutTS(x *exchange, uri []byte) []byte {
+	path, query, ok := bytes.Cut(uri, []byte{'?'})
+	if !ok {
+		return uri
+	}
+	x.scratch = append(append(x.scratch[:0], path...), '?')
+	x.scratch = access.AppendWithoutTS(x.scratch, query)
+	return bytes.TrimSuffix(x.scratch, []byte{'?'})
 }
 
 // relay sends the upstream response to the client: headers less hop-by-hop
