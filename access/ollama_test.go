@@ -56,7 +56,7 @@ func TestParseOllamaKey(t *testing.T) {
 func TestQueryTS(t *testing.T) {
 	for _, tc := range []struct {
 		query, ts, rest string
-		ok             bool
+		ok              bool
 	}{
 		{"ts=1700000000", "1700000000", "", true},
 		{"a=1&ts=17&b=2", "17", "a=1&b=2", true},
