@@ -106,6 +106,10 @@ func defaults() map[string]any {
 
 		"gateway.max_client_connections": gateway.DefaultMaxClientConnections,
 		"gateway.trusted_proxies":        []string{},
+		"gateway.cors.allowed_origins":   []string{},
+		"gateway.cors.allowed_headers":   []string{}, // empty: gateway.DefaultCORSAllowedHeaders
+		"gateway.cors.allowed_methods":   []string{}, // empty: gateway.DefaultCORSAllowedMethods
+		"gateway.cors.max_age":           gateway.DefaultCORSMaxAge,
 
 		"admin.listen":                 admin.DefaultListen,
 		"upstream.url":                 pool.DefaultURL,

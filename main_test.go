@@ -395,6 +395,25 @@ func TestOllamaKeysFromEnv(t *testing.T) {
 	}
 }
 
+// TestCORSFromEnv: VEGA_GATEWAY_CORS_ALLOWED_ORIGINS is comma-separated,
+// the other gateway.cors keys have their defaults, and a bad origin stops
+// start-up naming the key.
+func TestCORSFromEnv(t *testing.T) {
+	c, err := loadConfig("", nil, []string{"VEGA_GATEWAY_CORS_ALLOWED_ORIGINS=https://app.example, http://localhost:5173", "VEGA_GATEWAY_CORS_MAX_AGE=10m"})
+	if err != nil || strings.Join(c.Gateway.CORS.AllowedOrigins, "|") != "https://app.example|http://localhost:5173" ||
+		c.Gateway.CORS.MaxAge != 10*time.Minute {
+		t.Fatalf("%+v %v", c.Gateway.CORS, err)
+	}
+	cmd := exec.Command(os.Args[0], "serve")
+	cmd.Dir = t.TempDir()
+	cmd.Env = append(os.Environ(), "VEGA_TEST_RUN_MAIN=1", "VEGA_GATEWAY_LISTEN="+freeAddr(t), "VEGA_ADMIN_LISTEN="+freeAddr(t), "VEGA_LOG_DIR=",
+		"VEGA_GATEWAY_CORS_ALLOWED_ORIGINS=https://app.example/path")
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "gateway.cors.allowed_origins") {
+		t.Fatalf("bad origin: err=%v output=%s", err, out)
+	}
+}
+
 // TestPortInUse: start-up fails with a message naming the key and binds
 // nothing (the admin port stays free).
 func TestPortInUse(t *testing.T) {

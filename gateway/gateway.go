@@ -42,6 +42,8 @@ type Gateway struct {
 	hijacked atomic.Int64
 	// failures is the per-IP authentication failure budget (nil: off).
 	failures *access.FailureBudget
+	// cors is the CORS policy (nil: off, Ollama's own headers relayed).
+	cors *corsPolicy
 	// allowed is the model allowlist (nil: any model), names normalised.
 	allowed map[string]bool
 	// inFlight counts requests against cfg.MaxInFlight (shed.go);
@@ -100,6 +102,9 @@ func New(cfg Config, chat ChatConfig, auth access.Config, backends *fleet.Fleet,
 			g.allowed = map[string]bool{}
 		}
 		g.allowed[normalizeModel(m)] = true
+	}
+	if g.cors, err = newCORSPolicy(cfg.CORS); err != nil {
+		return nil, err
 	}
 	g.server = &fasthttp.Server{
 		Handler:                      g.serve,
@@ -209,6 +214,11 @@ func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 	if g.faultHook != nil {
 		g.faultHook("handler")
 	}
+	if g.cors != nil {
+		// Before any answer, so the gateway's own errors (a 401 too) are
+		// readable by an allowed page.
+		g.cors.decorate(ctx)
+	}
 	if x.route.family == familyProbe {
 		if !ctx.IsGet() && !ctx.IsHead() {
 			g.reject(ctx, x, apiError{405, "method_not_allowed", "use GET", outcomeClientError, ""})
@@ -251,6 +261,10 @@ func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 		// different request boundary (B-20).
 		g.reject(ctx, x, apiError{400, "bad_request", "Content-Length together with Transfer-Encoding", outcomeClientError, ""})
 		ctx.SetConnectionClose()
+		return
+	}
+	if g.cors != nil && isPreflight(&ctx.Request.Header) {
+		g.preflight(ctx, x)
 		return
 	}
 	if over, wait := g.failures.Blocked(x.remote, x.start); over {

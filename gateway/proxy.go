@@ -116,7 +116,10 @@ func (g *Gateway) upstreamFailed(ctx *fasthttp.RequestCtx, x *exchange, err erro
 // and headers as received, less hop-by-hop headers and the gateway's
 // credentials, plus the correlation ID and trace context.
 func (g *Gateway) outboundRequest(ctx *fasthttp.RequestCtx, x *exchange, req *fasthttp.Request, keyInAuthorization bool) {
-	copyRequestHeaders(&ctx.Request.Header, &req.Header, keyInAuthorization)
+	// With CORS on, the gateway has judged the page's Origin: Ollama,
+	// which refuses origins outside OLLAMA_ORIGINS with 403, must not
+	// judge it again.
+	copyRequestHeaders(&ctx.Request.Header, &req.Header, keyInAuthorization, g.cors != nil)
 	// The path forwarded is the normalised one the route and scope were
 	// decided on (re-encoded), never another spelling of it; the query goes
 	// through verbatim, uninspected, but for an Ollama signature's ts.
@@ -161,6 +164,9 @@ func (g *Gateway) relay(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Re
 	}
 	resp.Header.CopyTo(&ctx.Response.Header)
 	stripResponseHop(&ctx.Response.Header)
+	if g.cors != nil {
+		g.cors.decorate(ctx)
+	}
 	ctx.Response.Header.Set(trace.HeaderCorrelationID, x.id)
 	x.status = resp.StatusCode()
 	if x.status >= 400 {
@@ -234,6 +240,9 @@ func (g *Gateway) replaceRelayed(ctx *fasthttp.RequestCtx, x *exchange, err erro
 	x.upstream().NoteError()
 	ctx.Response.Header.Reset()
 	ctx.Response.Header.Set(trace.HeaderCorrelationID, x.id)
+	if g.cors != nil {
+		g.cors.decorate(ctx)
+	}
 	g.upstreamFailed(ctx, x, err)
 }
 
