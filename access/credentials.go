@@ -20,9 +20,15 @@ var bearerPrefix = []byte("bearer ")
 // stripped before forwarding). Two different credentials, or a repeated
 // header, are ambiguous: never "first one wins".
 func credentials(h *fasthttp.RequestHeader) (key []byte, fromAuthorization bool, ambiguous bool) {
+	// PeekAll returns a slice fasthttp reuses on the next PeekAll: keep the
+	// value (which points into the header buffer), not the slice.
 	apiKeys := h.PeekAll(HeaderAPIKey)
 	if len(apiKeys) > 1 {
 		return nil, false, true
+	}
+	var apiKey []byte
+	if len(apiKeys) == 1 {
+		apiKey = apiKeys[0]
 	}
 	var bearer []byte
 	authz := h.PeekAll(HeaderAuthorization)
@@ -36,13 +42,13 @@ func credentials(h *fasthttp.RequestHeader) (key []byte, fromAuthorization bool,
 		}
 	}
 	switch {
-	case len(apiKeys) == 1 && bearer != nil:
-		if !bytes.Equal(apiKeys[0], bearer) {
+	case apiKey != nil && bearer != nil:
+		if !bytes.Equal(apiKey, bearer) {
 			return nil, false, true
 		}
 		return bearer, true, false
-	case len(apiKeys) == 1:
-		return apiKeys[0], false, false
+	case apiKey != nil:
+		return apiKey, false, false
 	case bearer != nil:
 		return bearer, true, false
 	}
