@@ -78,7 +78,8 @@ rather than silently overwritten, and so are keys, which belong in the Secret
       "log.dir" "logs.dir"
       "auth.api_keys" "auth.apiKeys"
       "auth.admin_api_keys" "auth.adminApiKeys"
-      "auth.keys" "auth.keysJSON" }}
+      "auth.keys" "auth.keysJSON"
+      "auth.ollama_keys" "auth.ollamaKeysJSON" }}
 {{- range $path, $use := $owned }}
 {{- $parts := splitList "." $path }}
 {{- $section := get $cfg (first $parts) }}
