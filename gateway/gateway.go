@@ -145,7 +145,7 @@ func New(cfg Config, chat ChatConfig, auth access.Config, backends *fleet.Fleet,
 // the goroutine that finished it). Call it before Serve.
 func (g *Gateway) SetObserver(fn func(*Record)) { g.observer = fn }
 
-// Open reports whether no API keys are configured.
+// Open reports whether no keys (API or Ollama keys) are configured.
 func (g *Gateway) Open() bool { return g.access.Open() }
 
 // ReloadKeys re-reads auth.keys_file and swaps the keys at once: new
@@ -185,8 +185,9 @@ var (
 )
 
 // serve is the whole request chain, in order: correlation ID, panic
-// recovery, probe, in-flight limit, path check, auth, drain check, then
-// /chat or the proxy.
+// recovery, CORS headers, probe, in-flight limit, path check, CORS
+// preflight, per-IP failure budget, auth (access.Control), scope and key
+// limits, drain check, then /chat or the proxy.
 func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 	x := g.newExchange(ctx)
 	x.route = classify(ctx.Path())
