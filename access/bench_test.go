@@ -18,7 +18,7 @@ func BenchmarkCheck(b *testing.B) {
 	for i := range 10 {
 		plain = append(plain, fmt.Sprintf("bench-key-%02d-0123456789abcdef0123456789", i))
 	}
-	line, sign := testOllamaKey(&testing.T{})
+	line, sign := testOllamaKey(b)
 	kr, err := newKeyring(plain, nil, []OllamaKeyConfig{{Name: "laptop", PublicKey: line}}, time.Minute)
 	if err != nil {
 		b.Fatal(err)

@@ -3,6 +3,7 @@ package access
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/valyala/fasthttp"
 )
@@ -17,23 +18,28 @@ func FuzzAuthHeaders(f *testing.F) {
 	f.Add("", "Basic "+key)
 	f.Add("", "AAAAC3NzaC1lZDI1NTE5AAAAIA:c2ln")
 	f.Add(key, "AAAA:BBBB")
+	// One Ollama key is listed too: the fuzzer cannot forge its signature,
+	// so a signed-looking credential must never pass.
+	line, sign := testOllamaKey(f)
+	f.Add("", sign("GET,/api/tags?ts=1"))
+	kr, err := newKeyring([]string{key}, nil, []OllamaKeyConfig{{Name: "laptop", PublicKey: line}}, time.Minute)
+	if err != nil {
+		f.Fatal(err)
+	}
 	f.Fuzz(func(t *testing.T, apiKey, authz string) {
-		kr, err := NewKeyring([]string{key}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
 		var h fasthttp.RequestHeader
+		h.SetRequestURI("/api/tags?ts=1")
 		if apiKey != "" {
 			h.Set(HeaderAPIKey, apiKey)
 		}
 		if authz != "" {
 			h.Set(HeaderAuthorization, authz)
 		}
-		res, _ := kr.check(&h, timeZero)
+		res, _ := kr.check(&h, time.Unix(1_700_000_000, 0))
 		presented, _, ambiguous := credentials(&h)
 		// An Authorization that looks like an Ollama signed credential (a
-		// colon, no space) is checked as one, and this keyring has no
-		// Ollama keys: never accepted, whatever else came with it.
+		// colon, no space) is checked as one, and ts=1 is long stale:
+		// never accepted, whatever else came with it.
 		signed := authz != "" && !strings.Contains(strings.TrimSpace(authz), " ") && strings.Contains(authz, ":")
 		want := !ambiguous && !signed && string(presented) == key
 		if (res.Status == OK) != want {

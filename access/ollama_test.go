@@ -17,7 +17,7 @@ import (
 
 // testOllamaKey is a client key: its authorized_keys line and a signer
 // that makes the Authorization value the Ollama client sends.
-func testOllamaKey(t *testing.T) (line string, sign func(challenge string) string) {
+func testOllamaKey(t testing.TB) (line string, sign func(challenge string) string) {
 	t.Helper()
 	pk, sk, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
