@@ -161,6 +161,15 @@ func TestOllamaSignedKeys(t *testing.T) {
 		}
 	}
 
+	// Other query parameters (the client sorts them with ts) go through;
+	// only ts is taken out.
+	if st, _, body := e.do("GET", "/api/tags?foo=bar&ts="+ts, "", map[string]string{"Authorization": token}); st != 200 {
+		t.Fatalf("signed request with another parameter: %d %s", st, body)
+	}
+	if reqs := e.fake.Requests(); reqs[len(reqs)-1].RawQuery != "foo=bar" {
+		t.Fatalf("forwarded query %q, want foo=bar", reqs[len(reqs)-1].RawQuery)
+	}
+
 	wantNotForwarded(t, e)
 	sig := token[strings.IndexByte(token, ':')+1:]
 	logs := e.logs.String()
