@@ -15,16 +15,28 @@ const (
 
 var bearerPrefix = []byte("bearer ")
 
-// credentials extracts the presented key from X-API-Key or Authorization:
-// Bearer. fromAuthorization says the key came in Authorization (so it is
-// stripped before forwarding). Two different credentials, or a repeated
-// header, are ambiguous: never "first one wins".
-func credentials(h *fasthttp.RequestHeader) (key []byte, fromAuthorization bool, ambiguous bool) {
+// credential is what a request presents, as credentials finds it.
+type credential struct {
+	// key is an API key, from X-API-Key or Authorization: Bearer.
+	key []byte
+	// signed is an Ollama signed credential, from Authorization.
+	signed []byte
+	// inAuthorization: key came in Authorization (so it is stripped
+	// before forwarding).
+	inAuthorization bool
+	// ambiguous: two different credentials, or a repeated header; never
+	// "first one wins".
+	ambiguous bool
+}
+
+// credentials finds the credential in X-API-Key and Authorization (Bearer,
+// or an Ollama signed credential), reading each header once.
+func credentials(h *fasthttp.RequestHeader) credential {
 	// PeekAll returns a slice fasthttp reuses on the next PeekAll: keep the
 	// value (which points into the header buffer), not the slice.
 	apiKeys := h.PeekAll(HeaderAPIKey)
 	if len(apiKeys) > 1 {
-		return nil, false, true
+		return credential{ambiguous: true}
 	}
 	var apiKey []byte
 	if len(apiKeys) == 1 {
@@ -33,26 +45,31 @@ func credentials(h *fasthttp.RequestHeader) (key []byte, fromAuthorization bool,
 	var bearer []byte
 	authz := h.PeekAll(HeaderAuthorization)
 	if len(authz) > 1 {
-		return nil, false, true
+		return credential{ambiguous: true}
 	}
 	if len(authz) == 1 {
 		v := authz[0]
 		if len(v) >= len(bearerPrefix) && bytes.EqualFold(v[:len(bearerPrefix)], bearerPrefix) {
 			bearer = bytes.TrimLeft(v[len(bearerPrefix):], " ")
+		} else if signed, ok := looksSigned(v); ok {
+			if apiKey != nil {
+				return credential{ambiguous: true}
+			}
+			return credential{signed: signed}
 		}
 	}
 	switch {
 	case apiKey != nil && bearer != nil:
 		if !bytes.Equal(apiKey, bearer) {
-			return nil, false, true
+			return credential{ambiguous: true}
 		}
-		return bearer, true, false
+		return credential{key: bearer, inAuthorization: true}
 	case apiKey != nil:
-		return apiKey, false, false
+		return credential{key: apiKey}
 	case bearer != nil:
-		return bearer, true, false
+		return credential{key: bearer, inAuthorization: true}
 	}
-	return nil, false, false
+	return credential{}
 }
 
 // Status is the outcome of checking a request's credentials.
@@ -127,21 +144,17 @@ func (k *Keyring) check(h *fasthttp.RequestHeader, now time.Time) (Result, *Iden
 	if k.Open() {
 		return Result{Status: Open}, nil
 	}
-	if cred, ok := signedCredential(h); ok {
-		if len(h.PeekAll(HeaderAPIKey)) > 0 {
-			return Result{Status: Ambiguous}, nil
-		}
-		return k.checkSigned(h, cred, now)
-	}
-	presented, fromAuthz, ambiguous := credentials(h)
+	c := credentials(h)
 	switch {
-	case ambiguous:
+	case c.ambiguous:
 		return Result{Status: Ambiguous}, nil
-	case len(presented) == 0:
+	case c.signed != nil:
+		return k.checkSigned(h, c.signed, now)
+	case len(c.key) == 0:
 		return Result{Status: Missing}, nil
 	}
-	if id := k.find(presented); id != nil {
-		return Result{Status: OK, InAuthorization: fromAuthz, KeyName: id.Name}, id
+	if id := k.find(c.key); id != nil {
+		return Result{Status: OK, InAuthorization: c.inAuthorization, KeyName: id.Name}, id
 	}
 	return Result{Status: Invalid}, nil
 }

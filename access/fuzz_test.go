@@ -36,7 +36,8 @@ func FuzzAuthHeaders(f *testing.F) {
 			h.Set(HeaderAuthorization, authz)
 		}
 		res, _ := kr.check(&h, time.Unix(1_700_000_000, 0))
-		presented, _, ambiguous := credentials(&h)
+		c := credentials(&h)
+		presented, ambiguous := c.key, c.ambiguous
 		// An Authorization that looks like an Ollama signed credential (a
 		// colon, no space) is checked as one, and ts=1 is long stale:
 		// never accepted, whatever else came with it.

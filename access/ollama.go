@@ -71,16 +71,12 @@ func parseOllamaKey(line string) (wire []byte, pub ed25519.PublicKey, err error)
 	return pk.Marshal(), pub, nil
 }
 
-// signedCredential reports whether Authorization holds what looks like an
-// Ollama signed credential, "<base64 public key>:<base64 signature>": one
-// token with a colon and no space. Bearer tokens and other schemes have a
-// space, so they never look like one.
-func signedCredential(h *fasthttp.RequestHeader) ([]byte, bool) {
-	authz := h.PeekAll(HeaderAuthorization)
-	if len(authz) != 1 {
-		return nil, false
-	}
-	v := bytes.TrimSpace(authz[0])
+// looksSigned reports whether an Authorization value looks like an Ollama
+// signed credential, "<base64 public key>:<base64 signature>": one token
+// with a colon and no space. Bearer tokens and other schemes have a space,
+// so they never look like one.
+func looksSigned(v []byte) ([]byte, bool) {
+	v = bytes.TrimSpace(v)
 	if bytes.IndexByte(v, ' ') >= 0 || bytes.IndexByte(v, ':') < 0 {
 		return nil, false
 	}
