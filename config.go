@@ -109,6 +109,10 @@ func defaults() map[string]any {
 
 		"gateway.max_client_connections": gateway.DefaultMaxClientConnections,
 		"gateway.trusted_proxies":        []string{},
+		"gateway.cors.allowed_origins":   []string{},
+		"gateway.cors.allowed_headers":   []string{}, // empty: gateway.DefaultCORSAllowedHeaders
+		"gateway.cors.allowed_methods":   []string{}, // empty: gateway.DefaultCORSAllowedMethods
+		"gateway.cors.max_age":           gateway.DefaultCORSMaxAge,
 
 		"admin.listen":                 admin.DefaultListen,
 		"upstream.url":                 pool.DefaultURL,
@@ -139,6 +143,8 @@ func defaults() map[string]any {
 		"auth.admin_api_keys":          []string{},
 		"auth.keys":                    []access.KeyConfig{},
 		"auth.keys_file":               "",
+		"auth.ollama_keys":             []access.OllamaKeyConfig{},
+		"auth.ollama_max_skew":         access.DefaultOllamaMaxSkew,
 		"auth.allow_model_management":  false,
 		"auth.max_failures_per_ip":     0,
 		"chat.max_history_messages":    gateway.DefaultMaxHistoryMessages,
@@ -215,6 +221,7 @@ func loadConfig(path string, overrides map[string]any, environ []string) (config
 		mapstructure.StringToTimeDurationHookFunc(),
 		stringToKeyList(),
 		jsonToScopedKeys(),
+		jsonToOllamaKeys(),
 		stringToUpstreams(),
 	)))
 	if err != nil {
@@ -281,6 +288,26 @@ func jsonToScopedKeys() mapstructure.DecodeHookFuncType {
 	}
 }
 
+// jsonToOllamaKeys decodes VEGA_AUTH_OLLAMA_KEYS, a JSON list of Ollama
+// client keys.
+func jsonToOllamaKeys() mapstructure.DecodeHookFuncType {
+	return func(from, to reflect.Type, data any) (any, error) {
+		if from.Kind() != reflect.String || to != reflect.TypeFor[[]access.OllamaKeyConfig]() {
+			return data, nil
+		}
+		var keys []access.OllamaKeyConfig
+		if strings.TrimSpace(data.(string)) == "" {
+			return keys, nil
+		}
+		dec := json.NewDecoder(strings.NewReader(data.(string)))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&keys); err != nil {
+			return nil, errors.New("auth.ollama_keys: must be a JSON list of {name, public_key, scopes, max_concurrent, requests_per_minute, tokens_per_minute, tokens_per_day}")
+		}
+		return keys, nil
+	}
+}
+
 // stringToUpstreams decodes VEGA_UPSTREAMS: comma-separated URLs (each
 // backend named by its host:port), or a JSON list of {name, url, weight,
 // max_connections}. In a file, an entry may be a bare URL too.
@@ -316,8 +343,11 @@ func stringToUpstreams() mapstructure.DecodeHookFuncType {
 // print the keys.
 func redact(err error) error {
 	msg := err.Error()
+	if strings.Contains(msg, "auth.ollama_max_skew") {
+		return errors.New("config: auth.ollama_max_skew: must be a duration such as 5m")
+	}
 	if strings.Contains(msg, "auth.") {
-		return errors.New("config: auth.api_keys / auth.admin_api_keys must be lists of strings, auth.keys a list of {name, key or sha256, scopes, max_concurrent, requests_per_minute, tokens_per_minute, tokens_per_day}")
+		return errors.New("config: auth.api_keys / auth.admin_api_keys must be lists of strings, auth.keys a list of {name, key or sha256, scopes, max_concurrent, requests_per_minute, tokens_per_minute, tokens_per_day}, auth.ollama_keys a list of {name, public_key, scopes, max_concurrent, requests_per_minute, tokens_per_minute, tokens_per_day}")
 	}
 	return fmt.Errorf("config: %w", err)
 }

@@ -1,6 +1,9 @@
 package access
 
-import "errors"
+import (
+	"errors"
+	"time"
+)
 
 // DefaultFailureLogLinesPerSecond is config key
 // auth.failure_log_lines_per_second's default (the gateway's own zero
@@ -17,8 +20,17 @@ type Config struct {
 	// Keys are scoped keys with names and optional per-key limits (in
 	// containers: JSON in VEGA_AUTH_KEYS).
 	Keys []KeyConfig `mapstructure:"keys"`
-	// KeysFile is a YAML or JSON file with a list of scoped keys (or
-	// {"keys": [...]}), re-read on SIGHUP without dropping open streams.
+	// OllamaKeys are the Ollama client keys accepted on signed requests
+	// (the Ollama CLI and Go client with OLLAMA_AUTH=1; in containers: JSON
+	// in VEGA_AUTH_OLLAMA_KEYS).
+	OllamaKeys []OllamaKeyConfig `mapstructure:"ollama_keys"`
+	// OllamaMaxSkew is how far a signed request's ts may be from the
+	// gateway's clock, either way; it also bounds how long a captured
+	// signed header stays usable. Default DefaultOllamaMaxSkew.
+	OllamaMaxSkew time.Duration `mapstructure:"ollama_max_skew"`
+	// KeysFile is a YAML or JSON file with a list of scoped keys, API keys
+	// and Ollama keys (public_key) alike (or {"keys": [...], "ollama_keys":
+	// [...]}), re-read on SIGHUP without dropping open streams.
 	KeysFile string `mapstructure:"keys_file"`
 	// AllowModelManagement lets requests without a key use pull, push,
 	// create, copy, delete and blobs when the gateway is open. Default
@@ -64,9 +76,19 @@ type KeyConfig struct {
 	TokensPerDay int64 `mapstructure:"tokens_per_day" json:"tokens_per_day" yaml:"tokens_per_day"`
 }
 
+func (c Config) withDefaults() Config {
+	if c.OllamaMaxSkew == 0 {
+		c.OllamaMaxSkew = DefaultOllamaMaxSkew
+	}
+	return c
+}
+
 func (c Config) validate() error {
 	if c.MaxFailuresPerIP < 0 {
 		return errors.New("auth.max_failures_per_ip: must not be negative")
+	}
+	if c.OllamaMaxSkew < 0 {
+		return errors.New("auth.ollama_max_skew: must not be negative")
 	}
 	return nil
 }

@@ -19,6 +19,7 @@ type Control struct {
 // New builds the keyring from cfg (reading auth.keys_file). A bad key or
 // file is an error naming the config key.
 func New(cfg Config) (*Control, error) {
+	cfg = cfg.withDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
@@ -44,7 +45,7 @@ func (c *Control) Identities() []*Identity { return c.ring.Load().Identities() }
 // matched key (nil unless Result.Status is OK); now is the gateway's clock
 // for the request.
 func (c *Control) Check(h *fasthttp.RequestHeader, now time.Time) (Result, *Identity) {
-	return c.ring.Load().check(h)
+	return c.ring.Load().check(h, now)
 }
 
 // Reload re-reads auth.keys_file and swaps the keyring at once: new

@@ -2,6 +2,7 @@ package access
 
 import (
 	"bytes"
+	"time"
 
 	"github.com/valyala/fasthttp"
 )
@@ -14,38 +15,61 @@ const (
 
 var bearerPrefix = []byte("bearer ")
 
-// credentials extracts the presented key from X-API-Key or Authorization:
-// Bearer. fromAuthorization says the key came in Authorization (so it is
-// stripped before forwarding). Two different credentials, or a repeated
-// header, are ambiguous: never "first one wins".
-func credentials(h *fasthttp.RequestHeader) (key []byte, fromAuthorization bool, ambiguous bool) {
+// credential is what a request presents, as credentials finds it.
+type credential struct {
+	// key is an API key, from X-API-Key or Authorization: Bearer.
+	key []byte
+	// signed is an Ollama signed credential, from Authorization.
+	signed []byte
+	// inAuthorization: key came in Authorization (so it is stripped
+	// before forwarding).
+	inAuthorization bool
+	// ambiguous: two different credentials, or a repeated header; never
+	// "first one wins".
+	ambiguous bool
+}
+
+// credentials finds the credential in X-API-Key and Authorization (Bearer,
+// or an Ollama signed credential), reading each header once.
+func credentials(h *fasthttp.RequestHeader) credential {
+	// PeekAll returns a slice fasthttp reuses on the next PeekAll: keep the
+	// value (which points into the header buffer), not the slice.
 	apiKeys := h.PeekAll(HeaderAPIKey)
 	if len(apiKeys) > 1 {
-		return nil, false, true
+		return credential{ambiguous: true}
+	}
+	var apiKey []byte
+	if len(apiKeys) == 1 {
+		apiKey = apiKeys[0]
 	}
 	var bearer []byte
 	authz := h.PeekAll(HeaderAuthorization)
 	if len(authz) > 1 {
-		return nil, false, true
+		return credential{ambiguous: true}
 	}
 	if len(authz) == 1 {
 		v := authz[0]
 		if len(v) >= len(bearerPrefix) && bytes.EqualFold(v[:len(bearerPrefix)], bearerPrefix) {
 			bearer = bytes.TrimLeft(v[len(bearerPrefix):], " ")
+		} else if signed, ok := looksSigned(v); ok {
+			if apiKey != nil {
+				return credential{ambiguous: true}
+			}
+			return credential{signed: signed}
 		}
 	}
 	switch {
-	case len(apiKeys) == 1 && bearer != nil:
-		if !bytes.Equal(apiKeys[0], bearer) {
-			return nil, false, true
+	case apiKey != nil && bearer != nil:
+		if !bytes.Equal(apiKey, bearer) {
+			return credential{ambiguous: true}
 		}
-		return bearer, true, false
-	case len(apiKeys) == 1:
-		return apiKeys[0], false, false
+		return credential{key: bearer, inAuthorization: true}
+	case apiKey != nil:
+		return credential{key: apiKey}
 	case bearer != nil:
-		return bearer, true, false
+		return credential{key: bearer, inAuthorization: true}
 	}
-	return nil, false, false
+	return credential{}
 }
 
 // Status is the outcome of checking a request's credentials.
@@ -58,6 +82,13 @@ const (
 	Missing                 // no credential presented
 	Invalid                 // a credential presented that matches no key
 	Ambiguous               // two different credentials, or a repeated header
+
+	// The refusals of an Ollama signed request (ollama.go).
+	SignedMalformed    // Authorization or ts not in the client's form
+	SignedUnknownKey   // a public key not in auth.ollama_keys
+	SignedBadSignature // the signature does not cover this method, path and ts
+	SignedStale        // ts older than auth.ollama_max_skew
+	SignedFuture       // ts further ahead than auth.ollama_max_skew
 )
 
 // String is the status as the access log's reason for a refusal.
@@ -73,6 +104,16 @@ func (s Status) String() string {
 		return "unknown key"
 	case Ambiguous:
 		return "ambiguous credentials"
+	case SignedMalformed:
+		return "malformed signed request"
+	case SignedUnknownKey:
+		return "unknown ollama key"
+	case SignedBadSignature:
+		return "bad signature"
+	case SignedStale:
+		return "stale ts"
+	case SignedFuture:
+		return "future ts"
 	}
 	return "unknown"
 }
@@ -84,27 +125,36 @@ type Result struct {
 	// InAuthorization: the Authorization header held the gateway's
 	// credential (X-API-Key is never forwarded anyway).
 	InAuthorization bool
+	// SignedTS: the query's ts parameter was part of an Ollama signed
+	// credential, not something for Ollama.
+	SignedTS bool
+	// KeyName is the key the request was made with, when known: the
+	// accepted key, or the Ollama key whose signature failed or was out of
+	// time (for the log: whose client is misconfigured).
+	KeyName string
 }
 
 // Accepted reports whether the request may go on: a key matched, or the
 // gateway is open.
 func (r Result) Accepted() bool { return r.Status == OK || r.Status == Open }
 
-// check authenticates a request against this keyring; the Identity is nil
-// unless Status is OK.
-func (k *Keyring) check(h *fasthttp.RequestHeader) (Result, *Identity) {
+// check authenticates a request against this keyring at now; the Identity
+// is nil unless Status is OK.
+func (k *Keyring) check(h *fasthttp.RequestHeader, now time.Time) (Result, *Identity) {
 	if k.Open() {
 		return Result{Status: Open}, nil
 	}
-	presented, fromAuthz, ambiguous := credentials(h)
+	c := credentials(h)
 	switch {
-	case ambiguous:
+	case c.ambiguous:
 		return Result{Status: Ambiguous}, nil
-	case len(presented) == 0:
+	case c.signed != nil:
+		return k.checkSigned(h, c.signed, now)
+	case len(c.key) == 0:
 		return Result{Status: Missing}, nil
 	}
-	if id := k.find(presented); id != nil {
-		return Result{Status: OK, InAuthorization: fromAuthz}, id
+	if id := k.find(c.key); id != nil {
+		return Result{Status: OK, InAuthorization: c.inAuthorization, KeyName: id.Name}, id
 	}
 	return Result{Status: Invalid}, nil
 }
@@ -112,6 +162,6 @@ func (k *Keyring) check(h *fasthttp.RequestHeader) (Result, *Identity) {
 // Allowed reports whether the request carries a valid key (or the keyring
 // is open). It is what the admin listener uses to guard its routes.
 func (k *Keyring) Allowed(ctx *fasthttp.RequestCtx) bool {
-	r, _ := k.check(&ctx.Request.Header)
+	r, _ := k.check(&ctx.Request.Header, time.Now())
 	return r.Accepted()
 }

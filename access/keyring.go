@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // Identity is who a request was accepted as: a configured key's name,
@@ -45,14 +46,28 @@ type apiKey struct {
 // a reload builds a new one.
 type Keyring struct {
 	keys []apiKey
+	// ollama are the Ollama keys by the ssh wire form of their public key,
+	// as the client sends it. Public keys are no secret, so a map lookup
+	// (whose time depends on the key) gives nothing away.
+	ollama     map[string]ollamaKey
+	ollamaSkew time.Duration
+	// names are every key's name, API and Ollama keys alike: a name is
+	// what logs, metrics and limits know a key by.
+	names map[string]bool
 }
 
 // NewKeyring builds a keyring from plain keys (auth.api_keys: scopes
 // inference and models:read, named by their digest's first 8 hex digits)
 // and scoped keys. No keys at all gives an open keyring.
 func NewKeyring(plain []string, scoped []KeyConfig) (*Keyring, error) {
-	k := &Keyring{}
-	names := map[string]bool{}
+	return newKeyring(plain, scoped, nil, DefaultOllamaMaxSkew)
+}
+
+// newKeyring is NewKeyring with Ollama keys, whose signed ts may be skew
+// away from the gateway's clock.
+func newKeyring(plain []string, scoped []KeyConfig, ollama []OllamaKeyConfig, skew time.Duration) (*Keyring, error) {
+	k := &Keyring{names: map[string]bool{}, ollamaSkew: skew}
+	names := k.names
 	digests := map[[sha256.Size]byte]bool{}
 	add := func(ak apiKey) error {
 		if names[ak.id.Name] {
@@ -98,6 +113,28 @@ func NewKeyring(plain []string, scoped []KeyConfig) (*Keyring, error) {
 			return nil, fmt.Errorf("keys[%d]: %w", i, err)
 		}
 	}
+	for i, oc := range ollama {
+		id, err := KeyConfig{Name: oc.Name, Scopes: oc.Scopes, MaxConcurrent: oc.MaxConcurrent, RequestsPerMinute: oc.RequestsPerMinute,
+			TokensPerMinute: oc.TokensPerMinute, TokensPerDay: oc.TokensPerDay}.identity()
+		if err != nil {
+			return nil, fmt.Errorf("ollama_keys[%d]%s: %w", i, nameSuffix(oc.Name), err)
+		}
+		wire, pub, err := parseOllamaKey(oc.PublicKey)
+		if err != nil {
+			return nil, fmt.Errorf("ollama_keys[%d] (%s): %w", i, oc.Name, err)
+		}
+		if names[id.Name] {
+			return nil, fmt.Errorf("ollama_keys[%d]: duplicate key name %q", i, id.Name)
+		}
+		if _, dup := k.ollama[string(wire)]; dup {
+			return nil, fmt.Errorf("ollama_keys[%d]: key %q repeats an earlier key", i, id.Name)
+		}
+		if k.ollama == nil {
+			k.ollama = map[string]ollamaKey{}
+		}
+		names[id.Name] = true
+		k.ollama[string(wire)] = ollamaKey{pub: pub, id: id}
+	}
 	return k, nil
 }
 
@@ -130,20 +167,23 @@ func (kc KeyConfig) identity() (*Identity, error) {
 }
 
 // Open reports whether no keys are configured.
-func (k *Keyring) Open() bool { return len(k.keys) == 0 }
+func (k *Keyring) Open() bool { return k.Len() == 0 }
 
-// Identities lists who each configured key makes the caller, in
-// configuration order.
+// Identities lists who each configured key makes the caller: API keys in
+// configuration order, then Ollama keys.
 func (k *Keyring) Identities() []*Identity {
-	out := make([]*Identity, len(k.keys))
+	out := make([]*Identity, 0, k.Len())
 	for i := range k.keys {
-		out[i] = k.keys[i].id
+		out = append(out, k.keys[i].id)
+	}
+	for _, ok := range k.ollama {
+		out = append(out, ok.id)
 	}
 	return out
 }
 
-// Len is the number of configured keys.
-func (k *Keyring) Len() int { return len(k.keys) }
+// Len is the number of configured keys, API and Ollama keys.
+func (k *Keyring) Len() int { return len(k.keys) + len(k.ollama) }
 
 // find compares the presented key's digest with every configured digest
 // in constant time, without an early exit, so timing does not reveal which

@@ -21,6 +21,7 @@ func TestReadKeysFile(t *testing.T) {
 		{"json object", `{"keys":[{"name":"a","key":"` + secret + `","requests_per_minute":5}]}`, []string{"a"}},
 		{"empty", "", nil},
 		{"unknown yaml field", "keys:\n  - name: a\n    key: " + secret + "\n    scope: [inference]\n", nil},
+		{"unknown yaml field in a list", "- name: a\n  key: " + secret + "\n  scope: [inference]\n", nil},
 		{"unknown json field", `[{"name":"a","key":"` + secret + `","limit":1}]`, nil},
 		{"not a list", "- [" + secret, nil},
 	} {
@@ -29,7 +30,7 @@ func TestReadKeysFile(t *testing.T) {
 			if err := os.WriteFile(path, []byte(tc.body), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			got, err := ReadKeysFile(path)
+			got, _, err := ReadKeysFile(path)
 			if tc.want == nil {
 				if err == nil || !strings.Contains(err.Error(), path) || strings.Contains(err.Error(), secret) {
 					t.Fatalf("err = %v, want one naming %s without the key", err, path)

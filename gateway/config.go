@@ -119,6 +119,9 @@ type Config struct {
 	// trusted is TrustedProxies parsed (by withDefaults; validate reports
 	// a bad entry).
 	trusted trustedProxies
+	// CORS lets browser pages on other origins call the gateway
+	// (gateway.cors.*; cors.go). Default: off.
+	CORS CORSConfig `mapstructure:"cors"`
 	// DefaultModel is the model /chat uses when a request names none
 	// (config key upstream.default_model). Default DefaultDefaultModel.
 	DefaultModel string `mapstructure:"-"`
@@ -181,6 +184,7 @@ func (c Config) withDefaults() Config {
 	if len(c.PullRegistries) == 0 {
 		c.PullRegistries = []string{DefaultPullRegistry}
 	}
+	c.CORS = c.CORS.withDefaults()
 	return c
 }
 
@@ -209,6 +213,9 @@ func (c Config) validate() error {
 	}
 	if _, err := parseTrustedProxies(c.TrustedProxies); err != nil {
 		return fmt.Errorf("gateway.trusted_proxies: %w", err)
+	}
+	if _, err := newCORSPolicy(c.CORS); err != nil {
+		return err
 	}
 	return c.validatePolicy()
 }

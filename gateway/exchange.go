@@ -36,6 +36,11 @@ type exchange struct {
 	scratch     []byte
 	model       string
 	keyName     string
+	// authReason is why authentication failed (access.Status), for the log.
+	authReason string
+	// signedTS: the query's ts parameter belongs to an Ollama signed
+	// credential and is not forwarded.
+	signedTS bool
 	// conn is the client connection; goneFn is x.clientGone, bound once
 	// per pooled exchange so passing it to the pool does not allocate.
 	conn   net.Conn
@@ -239,6 +244,9 @@ func (x *exchange) finish() {
 		}
 		if x.keyName != "" {
 			e.Str("key_id", x.keyName)
+		}
+		if x.authReason != "" {
+			e.Str("auth_reason", x.authReason)
 		}
 		if x.doneReason != "" {
 			e.Str("done_reason", x.doneReason).Int64("prompt_tokens", x.promptTokens).Int64("completion_tokens", x.completionTokens)

@@ -43,6 +43,8 @@ type Gateway struct {
 	// limits admits requests: the keys' limits, the per-IP failure
 	// budget, the per-backend bound (in the process, or shared in Redis).
 	limits *limits.Limiter
+	// cors is the CORS policy (nil: off, Ollama's own headers relayed).
+	cors *corsPolicy
 	// allowed is the model allowlist (nil: any model), names normalised.
 	allowed map[string]bool
 	// inFlight counts requests against cfg.MaxInFlight (shed.go);
@@ -108,6 +110,9 @@ func New(cfg Config, chat ChatConfig, auth access.Config, backends *fleet.Fleet,
 		}
 		g.allowed[normalizeModel(m)] = true
 	}
+	if g.cors, err = newCORSPolicy(cfg.CORS); err != nil {
+		return nil, err
+	}
 	g.server = &fasthttp.Server{
 		Handler:                      g.serve,
 		ErrorHandler:                 g.serveError,
@@ -147,7 +152,7 @@ func New(cfg Config, chat ChatConfig, auth access.Config, backends *fleet.Fleet,
 // the goroutine that finished it). Call it before Serve.
 func (g *Gateway) SetObserver(fn func(*Record)) { g.observer = fn }
 
-// Open reports whether no API keys are configured.
+// Open reports whether no keys (API or Ollama keys) are configured.
 func (g *Gateway) Open() bool { return g.access.Open() }
 
 // SetLimiter makes l decide admissions (its MaxFailuresPerIP is the per-IP
@@ -215,8 +220,9 @@ var (
 )
 
 // serve is the whole request chain, in order: correlation ID, panic
-// recovery, probe, in-flight limit, path check, auth, drain check, then
-// /chat or the proxy.
+// recovery, CORS headers, probe, in-flight limit, path check, CORS
+// preflight, per-IP failure budget, auth (access.Control), scope and key
+// limits, drain check, then /chat or the proxy.
 func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 	x := g.newExchange(ctx)
 	x.route = classify(ctx.Path())
@@ -243,6 +249,11 @@ func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 
 	if g.faultHook != nil {
 		g.faultHook("handler")
+	}
+	if g.cors != nil {
+		// Before any answer, so the gateway's own errors (a 401 too) are
+		// readable by an allowed page.
+		g.cors.decorate(ctx)
 	}
 	if x.route.family == familyProbe {
 		if !ctx.IsGet() && !ctx.IsHead() {
@@ -288,17 +299,23 @@ func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 		ctx.SetConnectionClose()
 		return
 	}
+	if g.cors != nil && isPreflight(&ctx.Request.Header) {
+		g.preflight(ctx, x)
+		return
+	}
 	res, id := g.access.Check(&ctx.Request.Header, x.start)
 	if !res.Accepted() {
+		x.authReason, x.keyName = res.Status.String(), res.KeyName
 		// One limiter call counts the failure, or says the IP had used its
 		// budget already (429 rather than 401).
 		if d := g.limits.Failed(x.remote); !d.OK() {
 			g.reject(ctx, x, limitError(d, x.start))
 			return
 		}
-		g.reject(ctx, x, errUnauthorized)
+		g.reject(ctx, x, unauthorized(res.Status))
 		return
 	}
+	x.signedTS = res.SignedTS
 	if e, ok := g.authorize(x, id); !ok {
 		g.reject(ctx, x, e)
 		return

@@ -97,6 +97,9 @@ func TestChartRenders(t *testing.T) {
 				if _, ok := s.Data["VEGA_AUTH_KEYS"]; !ok {
 					t.Errorf("Secret has no VEGA_AUTH_KEYS with auth.keysJSON set")
 				}
+				if _, ok := s.Data["VEGA_AUTH_OLLAMA_KEYS"]; !ok {
+					t.Errorf("Secret has no VEGA_AUTH_OLLAMA_KEYS with auth.ollamaKeysJSON set")
+				}
 				h := must[*autoscalingv2.HorizontalPodAutoscaler](t, r)
 				if len(h.Spec.Metrics) != 2 {
 					t.Errorf("HPA has %d metrics, want cpu and memory", len(h.Spec.Metrics))

@@ -79,6 +79,7 @@ rather than silently overwritten, and so are keys, which belong in the Secret
       "auth.api_keys" "auth.apiKeys"
       "auth.admin_api_keys" "auth.adminApiKeys"
       "auth.keys" "auth.keysJSON"
+      "auth.ollama_keys" "auth.ollamaKeysJSON"
       "limits.redis_url" "redis.url" }}
 {{- range $path, $use := $owned }}
 {{- $parts := splitList "." $path }}
