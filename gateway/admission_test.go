@@ -2,11 +2,15 @@ package gateway_test
 
 import (
 	"bufio"
+	"context"
+	"errors"
 	"net/http"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	ollama "github.com/ollama/ollama/api"
 
 	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/limits"
@@ -90,4 +94,43 @@ func TestTokenBudgets(t *testing.T) {
 	if st, _, body := e.do("POST", "/chat", `{"prompt":"count"}`, map[string]string{"X-API-Key": other}); st != 200 {
 		t.Fatalf("another key: %d %s", st, body)
 	}
+}
+
+// TestOllamaKeyTokenBudget: a signed Ollama key (the real Ollama Go
+// client, OLLAMA_AUTH=1) is charged the tokens of its replies like an API
+// key, and refused with 429 once its tokens_per_day is used up.
+func TestOllamaKeyTokenBudget(t *testing.T) {
+	home, pub := ollamaHome(t)
+	e := startEnv(t, envOptions{fake: ollamatest.Config{Tokens: 5}, auth: access.Config{
+		OllamaKeys: []access.OllamaKeyConfig{{Name: "laptop", PublicKey: pub, TokensPerDay: 12}},
+	}})
+	t.Setenv("HOME", home)
+	t.Setenv("OLLAMA_AUTH", "1")
+	t.Setenv("OLLAMA_HOST", e.url)
+	client, err := ollama.ClientFromEnvironment()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream := false
+	var used int
+	for i := 0; i < 50; i++ {
+		var final ollama.ChatResponse
+		err := client.Chat(context.Background(), &ollama.ChatRequest{Model: "llama3.2", Stream: &stream,
+			Messages: []ollama.Message{{Role: "user", Content: "hi"}}}, func(r ollama.ChatResponse) error { final = r; return nil })
+		var se ollama.StatusError
+		if errors.As(err, &se) {
+			if se.StatusCode != 429 || !strings.Contains(se.ErrorMessage, "tokens_per_day") {
+				t.Fatalf("after %d tokens: %v, want 429 naming tokens_per_day", used, err)
+			}
+			if used < 12 {
+				t.Fatalf("refused after %d tokens of a 12-token budget", used)
+			}
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		used += final.PromptEvalCount + final.EvalCount
+	}
+	t.Fatalf("never refused after %d tokens", used)
 }
