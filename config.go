@@ -13,13 +13,16 @@ import (
 	"time"
 
 	"github.com/go-viper/mapstructure/v2"
+	"github.com/rs/zerolog"
 	"github.com/spf13/viper"
 
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/admin"
 	"github.com/vega-gateway/vega-gateway/discover"
 	"github.com/vega-gateway/vega-gateway/cache"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
+	"github.com/vega-gateway/vega-gateway/limits"
 	"github.com/vega-gateway/vega-gateway/metrics"
 	"github.com/vega-gateway/vega-gateway/otelx"
 	"github.com/vega-gateway/vega-gateway/pool"
@@ -119,12 +122,13 @@ type config struct {
 	Upstreams []upstreamEntry    `mapstructure:"upstreams"`
 	Routing   fleet.Config       `mapstructure:"routing"`
 	Pool      pool.Config        `mapstructure:"pool"`
-	Auth      gateway.AuthConfig `mapstructure:"auth"`
+	Auth      access.Config      `mapstructure:"auth"`
 	Chat      gateway.ChatConfig `mapstructure:"chat"`
 	Log       logConfig          `mapstructure:"log"`
 	Metrics   metrics.Config     `mapstructure:"metrics"`
 	Otel      otelx.Config       `mapstructure:"otel"`
 	Cache     cache.Config       `mapstructure:"cache"`
+	Limits    limits.Config      `mapstructure:"limits"`
 }
 
 // defaults lists every key with its default. Each default comes from the
@@ -154,10 +158,14 @@ func defaults() map[string]any {
 		"gateway.pull_allow_insecure": false,
 		"gateway.max_in_flight":       0,
 
-		"auth.failure_log_lines_per_second": gateway.DefaultFailureLogLinesPerSecond,
+		"auth.failure_log_lines_per_second": access.DefaultFailureLogLinesPerSecond,
 
 		"gateway.max_client_connections": gateway.DefaultMaxClientConnections,
 		"gateway.trusted_proxies":        []string{},
+		"gateway.cors.allowed_origins":   []string{},
+		"gateway.cors.allowed_headers":   []string{}, // empty: gateway.DefaultCORSAllowedHeaders
+		"gateway.cors.allowed_methods":   []string{}, // empty: gateway.DefaultCORSAllowedMethods
+		"gateway.cors.max_age":           gateway.DefaultCORSMaxAge,
 
 		"admin.listen":                 admin.DefaultListen,
 		"admin.pprof":                  false,
@@ -193,8 +201,10 @@ func defaults() map[string]any {
 		"pool.max_idle_conn_duration":  pool.DefaultMaxIdleConnDuration,
 		"auth.api_keys":                []string{},
 		"auth.admin_api_keys":          []string{},
-		"auth.keys":                    []gateway.KeyConfig{},
+		"auth.keys":                    []access.KeyConfig{},
 		"auth.keys_file":               "",
+		"auth.ollama_keys":             []access.OllamaKeyConfig{},
+		"auth.ollama_max_skew":         access.DefaultOllamaMaxSkew,
 		"auth.allow_model_management":  false,
 		"auth.max_failures_per_ip":     0,
 		"chat.max_history_messages":    gateway.DefaultMaxHistoryMessages,
@@ -207,6 +217,11 @@ func defaults() map[string]any {
 		"log.max_size_mb":              100,
 		"log.max_backups":              5,
 		"log.buffer_lines":             10000,
+		"limits.redis_url":             "",
+		"limits.on_redis_error":        limits.DefaultOnRedisError,
+		"limits.redis_timeout":         limits.DefaultRedisTimeout,
+		"limits.lease_ttl":             limits.DefaultLeaseTTL,
+		"limits.backend_max_in_flight": 0,
 		"metrics.models":               []string{},
 		"metrics.max_models":           metrics.DefaultMaxModels,
 		"metrics.cold_load_threshold":  metrics.DefaultColdLoadThreshold,
@@ -277,6 +292,7 @@ func loadConfig(path string, overrides map[string]any, environ []string) (config
 		mapstructure.StringToTimeDurationHookFunc(),
 		stringToKeyList(),
 		jsonToScopedKeys(),
+		jsonToOllamaKeys(),
 		stringToUpstreams(),
 		stringToHeaders(),
 	)))
@@ -331,17 +347,37 @@ func stringToKeyList() mapstructure.DecodeHookFuncType {
 // jsonToScopedKeys decodes VEGA_AUTH_KEYS, a JSON list of scoped keys.
 func jsonToScopedKeys() mapstructure.DecodeHookFuncType {
 	return func(from, to reflect.Type, data any) (any, error) {
-		if from.Kind() != reflect.String || to != reflect.TypeFor[[]gateway.KeyConfig]() {
+		if from.Kind() != reflect.String || to != reflect.TypeFor[[]access.KeyConfig]() {
 			return data, nil
 		}
-		var keys []gateway.KeyConfig
+		var keys []access.KeyConfig
 		if strings.TrimSpace(data.(string)) == "" {
 			return keys, nil
 		}
 		dec := json.NewDecoder(strings.NewReader(data.(string)))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&keys); err != nil {
-			return nil, errors.New("auth.keys: must be a JSON list of {name, key or sha256, scopes, max_concurrent, requests_per_minute}")
+			return nil, errors.New("auth.keys: must be a JSON list of {name, key or sha256, scopes, max_concurrent, requests_per_minute, tokens_per_minute, tokens_per_day}")
+		}
+		return keys, nil
+	}
+}
+
+// jsonToOllamaKeys decodes VEGA_AUTH_OLLAMA_KEYS, a JSON list of Ollama
+// client keys.
+func jsonToOllamaKeys() mapstructure.DecodeHookFuncType {
+	return func(from, to reflect.Type, data any) (any, error) {
+		if from.Kind() != reflect.String || to != reflect.TypeFor[[]access.OllamaKeyConfig]() {
+			return data, nil
+		}
+		var keys []access.OllamaKeyConfig
+		if strings.TrimSpace(data.(string)) == "" {
+			return keys, nil
+		}
+		dec := json.NewDecoder(strings.NewReader(data.(string)))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&keys); err != nil {
+			return nil, errors.New("auth.ollama_keys: must be a JSON list of {name, public_key, scopes, max_concurrent, requests_per_minute, tokens_per_minute, tokens_per_day}")
 		}
 		return keys, nil
 	}
@@ -410,8 +446,11 @@ func stringToHeaders() mapstructure.DecodeHookFuncType {
 // print the keys.
 func redact(err error) error {
 	msg := err.Error()
+	if strings.Contains(msg, "auth.ollama_max_skew") {
+		return errors.New("config: auth.ollama_max_skew: must be a duration such as 5m")
+	}
 	if strings.Contains(msg, "auth.") {
-		return errors.New("config: auth.api_keys / auth.admin_api_keys must be lists of strings, auth.keys a list of {name, key or sha256, scopes, max_concurrent, requests_per_minute}")
+		return errors.New("config: auth.api_keys / auth.admin_api_keys must be lists of strings, auth.keys a list of {name, key or sha256, scopes, max_concurrent, requests_per_minute, tokens_per_minute, tokens_per_day}, auth.ollama_keys a list of {name, public_key, scopes, max_concurrent, requests_per_minute, tokens_per_minute, tokens_per_day}")
 	}
 	if strings.Contains(msg, "otel.headers") {
 		return errors.New("config: otel.headers must be a map of header names to values (VEGA_OTEL_HEADERS: name=value pairs separated by commas)")
@@ -452,8 +491,13 @@ func (c config) validate() error {
 	if c.Admin.Listen == c.Gateway.Listen {
 		return fmt.Errorf("admin.listen: must differ from gateway.listen (%q)", c.Gateway.Listen)
 	}
-	// The packages validate their own sections; building the pools and the
-	// fleet starts nothing and opens no connection.
+	// The packages validate their own sections; building the limiter, the
+	// pools and the fleet starts nothing and opens no connection.
+	lim, err := c.newLimiter(zerolog.Nop())
+	if err != nil {
+		return err
+	}
+	_ = lim.Close()
 	if _, err := c.newFleet(nil); err != nil {
 		return err
 	}
@@ -474,6 +518,14 @@ func (c config) validate() error {
 		return fmt.Errorf("pool.max_wait: must be positive, got %s", c.Pool.MaxWait)
 	}
 	return nil
+}
+
+// newLimiter builds the limiter of config key limits.*, with the per-IP
+// failure budget of auth.max_failures_per_ip. It opens no connection.
+func (c config) newLimiter(log zerolog.Logger) (*limits.Limiter, error) {
+	lc := c.Limits
+	lc.MaxFailuresPerIP = c.Auth.MaxFailuresPerIP
+	return limits.New(lc, log)
 }
 
 // newFleet builds one pool per backend — upstreams, else upstream.url

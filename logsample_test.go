@@ -10,6 +10,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/metrics"
@@ -27,7 +28,7 @@ func TestLogSuppressedMetric(t *testing.T) {
 	defer p.Close()
 	f := fleet.Single(p)
 	gw, err := gateway.New(gateway.Config{}, gateway.ChatConfig{},
-		gateway.AuthConfig{APIKeys: []string{"metric-key-0123456789abcdef0123"}, FailureLogLinesPerSecond: 1},
+		access.Config{APIKeys: []string{"metric-key-0123456789abcdef0123"}, FailureLogLinesPerSecond: 1},
 		f, zerolog.New(io.Discard))
 	if err != nil {
 		t.Fatal(err)

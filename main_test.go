@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
 )
 
@@ -366,6 +367,50 @@ func TestScopedKeysFromEnv(t *testing.T) {
 	_, err = loadConfig("", nil, []string{`VEGA_AUTH_KEYS=[{"name":"ops","key":"ops-key-secret-value","scope":["x"]}]`})
 	if err == nil || strings.Contains(err.Error(), "ops-key-secret-value") {
 		t.Fatalf("bad VEGA_AUTH_KEYS: %v", err)
+	}
+}
+
+// TestOllamaKeysFromEnv: VEGA_AUTH_OLLAMA_KEYS is a JSON list like
+// VEGA_AUTH_KEYS, auth.ollama_max_skew a duration with its default, and a
+// bad public key stops start-up naming auth.ollama_keys.
+func TestOllamaKeysFromEnv(t *testing.T) {
+	const pub = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFQSgwOrYt9JCHRRmwsxKB5Y3Jd1MNrIb4zIOO6PJnx0 me@laptop"
+	c, err := loadConfig("", nil, []string{`VEGA_AUTH_OLLAMA_KEYS=[{"name":"laptop","public_key":"` + pub + `","scopes":["inference"]}]`})
+	if err != nil || len(c.Auth.OllamaKeys) != 1 || c.Auth.OllamaKeys[0].Name != "laptop" || c.Auth.OllamaKeys[0].PublicKey != pub ||
+		c.Auth.OllamaMaxSkew != access.DefaultOllamaMaxSkew {
+		t.Fatalf("%+v %v", c.Auth, err)
+	}
+	c, err = loadConfig("", nil, []string{"VEGA_AUTH_OLLAMA_MAX_SKEW=90s"})
+	if err != nil || c.Auth.OllamaMaxSkew != 90*time.Second {
+		t.Fatalf("skew %v %v", c.Auth.OllamaMaxSkew, err)
+	}
+	for _, env := range []string{`VEGA_AUTH_OLLAMA_KEYS=[{"name":"laptop","key":"x"}]`, "VEGA_AUTH_OLLAMA_MAX_SKEW=soon"} {
+		if _, err := loadConfig("", nil, []string{env}); err == nil || !strings.Contains(err.Error(), "auth.ollama_") {
+			t.Fatalf("%s: %v", env, err)
+		}
+	}
+	if _, err := access.New(access.Config{OllamaKeys: []access.OllamaKeyConfig{{Name: "laptop", PublicKey: "ssh-ed25519 AAAA"}}}); err == nil ||
+		!strings.Contains(err.Error(), "ollama_keys[0] (laptop): public_key") {
+		t.Fatalf("bad public key: %v", err)
+	}
+}
+
+// TestCORSFromEnv: VEGA_GATEWAY_CORS_ALLOWED_ORIGINS is comma-separated,
+// the other gateway.cors keys have their defaults, and a bad origin stops
+// start-up naming the key.
+func TestCORSFromEnv(t *testing.T) {
+	c, err := loadConfig("", nil, []string{"VEGA_GATEWAY_CORS_ALLOWED_ORIGINS=https://app.example, http://localhost:5173", "VEGA_GATEWAY_CORS_MAX_AGE=10m"})
+	if err != nil || strings.Join(c.Gateway.CORS.AllowedOrigins, "|") != "https://app.example|http://localhost:5173" ||
+		c.Gateway.CORS.MaxAge != 10*time.Minute {
+		t.Fatalf("%+v %v", c.Gateway.CORS, err)
+	}
+	cmd := exec.Command(os.Args[0], "serve")
+	cmd.Dir = t.TempDir()
+	cmd.Env = append(os.Environ(), "VEGA_TEST_RUN_MAIN=1", "VEGA_GATEWAY_LISTEN="+freeAddr(t), "VEGA_ADMIN_LISTEN="+freeAddr(t), "VEGA_LOG_DIR=",
+		"VEGA_GATEWAY_CORS_ALLOWED_ORIGINS=https://app.example/path")
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "gateway.cors.allowed_origins") {
+		t.Fatalf("bad origin: err=%v output=%s", err, out)
 	}
 }
 

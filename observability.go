@@ -19,6 +19,7 @@ func newObservability(cfg metrics.Config, f *fleet.Fleet, gw *gateway.Gateway, s
 	}
 	m.RegisterFleet(f.Snapshot)
 	m.SetStreamsSource(gw.Streams)
+	m.RegisterLimits(gw.Limiter())
 	gw.SetObserver(m.Observe)
 	m.Registry().MustRegister(
 		prometheus.NewCounterFunc(prometheus.CounterOpts{

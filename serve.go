@@ -18,10 +18,12 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
 
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/admin"
 	"github.com/vega-gateway/vega-gateway/cache"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
+	"github.com/vega-gateway/vega-gateway/limits"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
 	"github.com/vega-gateway/vega-gateway/otelx"
 	"github.com/vega-gateway/vega-gateway/pool"
@@ -133,6 +135,7 @@ type app struct {
 	gw      *gateway.Gateway
 	tracer  *otelx.Tracer
 	cache   *cache.Cache // nil: cache.enabled is false
+	limits  *limits.Limiter
 	admin   *admin.Server
 	gwLn    net.Listener
 	adminLn net.Listener
@@ -151,15 +154,21 @@ func newApp(cfg config, log zerolog.Logger, sink *logSink) (*app, error) {
 	if err != nil {
 		return nil, err
 	}
+	limits.SetClientLogger(log)
+	lim, err := cfg.newLimiter(log)
+	if err != nil {
+		return nil, err
+	}
+	gw.SetLimiter(lim)
 	adminKeys := cfg.Auth.AdminAPIKeys
 	if len(adminKeys) == 0 {
 		adminKeys = cfg.Auth.APIKeys
 	}
-	adminRing, err := gateway.NewKeyring(adminKeys, nil)
+	adminRing, err := access.NewKeyring(adminKeys, nil)
 	if err != nil {
 		return nil, fmt.Errorf("auth.admin_api_keys: %w", err)
 	}
-	a := &app{cfg: cfg, log: log, fleet: f, gw: gw}
+	a := &app{cfg: cfg, log: log, fleet: f, gw: gw, limits: lim}
 	if cfg.Cache.Enabled {
 		if a.cache, err = cache.New(cfg.Cache); err != nil {
 			return nil, err
@@ -249,15 +258,20 @@ func (a *app) run(sigs, hup <-chan os.Signal) int {
 		}
 		started.Strs("discovery", names) // their backends are logged as they join
 	}
-	started.Array("backends", backends).Bool("tracing", a.tracer != nil).Str("version", version).Msg("vega-gateway started")
+	started.Array("backends", backends).Bool("tracing", a.tracer != nil).Str("limits", a.limits.Where()).Str("version", version).Msg("vega-gateway started")
+	if !a.limits.Shared() {
+		log.Debug().Msg("limits are kept in this process: with several replicas each enforces them on its own (set limits.redis_url to share them)")
+	}
 
 	// The fleet runs every backend's health prober (and, with several, its
 	// catalogue refresher), and the admin server its periodic profiles,
 	// until stopHealth; each returns once stopped.
 	healthCtx, stopHealth := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Add(4)
+	wg.Add(5)
 	go func() { defer wg.Done(); a.admin.RunProfiles(healthCtx) }()
+	// The limiter refreshes this replica's Redis leases until stopHealth.
+	go func() { defer wg.Done(); a.limits.Run(healthCtx) }()
 	go func() {
 		defer wg.Done()
 		several := !a.fleet.Single()
@@ -326,6 +340,7 @@ wait:
 		return 1
 	}
 	wg.Wait()
+	_ = a.limits.Close()
 	log.Info().Msg("stopped")
 	return code
 }

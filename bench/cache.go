@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
 
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/cache"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
@@ -77,7 +78,7 @@ func startCacheStack(fakeCfg ollamatest.Config, cacheOn bool) (*cacheStack, erro
 		return nil, err
 	}
 	f := fleet.Single(p)
-	gw, err := gateway.New(gateway.Config{}, gateway.ChatConfig{}, gateway.AuthConfig{}, f, zerolog.New(io.Discard).Level(zerolog.InfoLevel))
+	gw, err := gateway.New(gateway.Config{}, gateway.ChatConfig{}, access.Config{}, f, zerolog.New(io.Discard).Level(zerolog.InfoLevel))
 	if err != nil {
 		fake.Close()
 		return nil, err

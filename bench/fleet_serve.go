@@ -14,6 +14,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
@@ -196,7 +197,7 @@ func startFleetGateway(cfg fleetServeConfig, dir string) (string, func(), func()
 		return "", nil, nil, err
 	}
 	log := zerolog.New(logFile).Level(level).With().Timestamp().Logger()
-	gw, err := gateway.New(gateway.Config{}, gateway.ChatConfig{}, gateway.AuthConfig{}, f, log)
+	gw, err := gateway.New(gateway.Config{}, gateway.ChatConfig{}, access.Config{}, f, log)
 	if err != nil {
 		closePools()
 		_ = logFile.Close()

@@ -33,7 +33,7 @@ func main() {
 		duration    = flag.Duration("duration", 10*time.Second, "measured time per case, per target, per run")
 		warmup      = flag.Duration("warmup", time.Second, "unmeasured time before each measurement")
 		runs        = flag.Int("runs", 3, "runs per case; the table shows medians (failures and stalls: the worst run)")
-		cases       = flag.String("cases", "nonstream,stream1,stream200,chat,scale", "comma-separated cases to run; also fleet (not in the default: about 4 min; see -fleet-*) and cache (in process, about 1 min per run; see -cache-*)")
+		cases       = flag.String("cases", "nonstream,stream1,stream200,chat,scale", "comma-separated cases to run; also, not in the default: fleet (about 4 min; see -fleet-*), cache (in process, about 1 min per run; see -cache-*) and replicas (two gateway processes sharing limits in redis-server; about 2 min; see -replicas-*)")
 		conns       = flag.Int("conns", 50, "keep-alive connections for nonstream")
 		streams     = flag.Int("streams", 200, "concurrent streams for stream200")
 		tokens      = flag.Int("tokens", 50, "tokens per stream")
@@ -52,6 +52,7 @@ func main() {
 
 		fleetFl   = registerFleetFlags()
 		cacheFl   = registerCacheFlags()
+		replFl    = registerReplicasFlags()
 		serveMode = flag.Bool("serve", false, "internal: run the servers for the parent process")
 		sf        serveFlags
 	)
@@ -132,6 +133,7 @@ func main() {
 		}
 	}
 	withFleet := slices.Contains(want, "fleet")
+	withReplicas := slices.Contains(want, "replicas")
 	if slices.Contains(want, "cache") {
 		if cacheFl.chunks < 1 || cacheFl.batch < 1 || cacheFl.chats < 1 || cacheFl.latencyN < 10 || cacheFl.runs < 1 || cacheFl.runs > 20 ||
 			cacheFl.embedDelay < 0 || cacheFl.memMax < 1<<20 {
@@ -140,12 +142,12 @@ func main() {
 		}
 		fmt.Printf("%s\n\n", machine())
 		runCacheCase(cacheFl)
-		if len(selected) == 0 && !withFleet {
+		if len(selected) == 0 && !withFleet && !withReplicas {
 			return
 		}
 	}
-	if len(selected) == 0 && !withFleet {
-		fmt.Fprintf(os.Stderr, "bench: no known case in -cases %q (nonstream, stream1, stream200, chat, scale, fleet)\n", *cases)
+	if len(selected) == 0 && !withFleet && !withReplicas {
+		fmt.Fprintf(os.Stderr, "bench: no known case in -cases %q (nonstream, stream1, stream200, chat, scale, fleet, replicas, cache)\n", *cases)
 		os.Exit(2)
 	}
 	if withFleet {
@@ -166,6 +168,20 @@ func main() {
 		os.Exit(1)
 	}
 	defer os.RemoveAll(dir)
+	if withReplicas {
+		// Before this process pins itself: the replicas' processes (two
+		// gateways, redis-server, fakes) run unpinned, as deployed.
+		fmt.Printf("%s\n\n", machine())
+		if err := runReplicas(replFl, *runs, dir); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: replicas:", err)
+			os.RemoveAll(dir)
+			os.Exit(1)
+		}
+		fmt.Println()
+		if len(selected) == 0 && !withFleet {
+			return
+		}
+	}
 
 	maxConns := max(*conns, *streams) + 56
 	serverCPU := -1

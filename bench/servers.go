@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
 
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/metrics"
@@ -84,7 +85,7 @@ func startGateway(upstream string, logOn bool, dir string, maxConns, maxQueue in
 		log = zerolog.New(w).Level(zerolog.InfoLevel).With().Timestamp().Logger()
 		closeLog = func() { _ = w.Close(); _ = f.Close() }
 	}
-	gw, err := gateway.New(gateway.Config{}, gateway.ChatConfig{}, gateway.AuthConfig{}, fleet.Single(p), log)
+	gw, err := gateway.New(gateway.Config{}, gateway.ChatConfig{}, access.Config{}, fleet.Single(p), log)
 	if err != nil {
 		closeLog()
 		return "", nil, err

@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
 
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
@@ -73,7 +74,7 @@ func startBenchGatewayTraced(b *testing.B, fake *ollamatest.Server, level zerolo
 		b.Fatalf("pool.New: %v", err)
 	}
 	log := zerolog.New(io.Discard).Level(level).With().Timestamp().Logger()
-	gw, err := gateway.New(gateway.Config{}, gateway.ChatConfig{}, gateway.AuthConfig{}, fleet.Single(p), log)
+	gw, err := gateway.New(gateway.Config{}, gateway.ChatConfig{}, access.Config{}, fleet.Single(p), log)
 	if err != nil {
 		b.Fatalf("gateway.New: %v", err)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/openai/openai-go/v3/option"
 	"github.com/rs/zerolog"
 
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/cache"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
@@ -36,7 +37,7 @@ const (
 	keyB = "tenant-b-key-0123456789abcdef0123456789"
 )
 
-func startCacheEnv(t testing.TB, cc cache.Config, auth gateway.AuthConfig) *cacheEnv {
+func startCacheEnv(t testing.TB, cc cache.Config, auth access.Config) *cacheEnv {
 	t.Helper()
 	e := &env{t: t, logs: &syncBuffer{}}
 	fake, err := ollamatest.NewServer(ollamatest.Config{})
@@ -140,7 +141,7 @@ func wantVectors(t *testing.T, inputs []string, got [][]float32) {
 // inputs upstream, in one request, and the answer keeps the request's
 // order (Ollama's own client decodes it).
 func TestCacheEmbedBatchMerge(t *testing.T) {
-	e := startCacheEnv(t, cache.Config{}, gateway.AuthConfig{})
+	e := startCacheEnv(t, cache.Config{}, access.Config{})
 	client := ollama.NewClient(mustParseURL(t, e.url), testClient)
 	ctx := context.Background()
 	first := []string{"alpha", "beta"}
@@ -190,7 +191,7 @@ func TestCacheEmbedBatchMerge(t *testing.T) {
 // TestCacheOpenAIEmbeddings: /v1/embeddings through openai-go, and the
 // legacy /api/embeddings, each cached per input.
 func TestCacheOpenAIEmbeddings(t *testing.T) {
-	e := startCacheEnv(t, cache.Config{}, gateway.AuthConfig{})
+	e := startCacheEnv(t, cache.Config{}, access.Config{})
 	oa := openai.NewClient(option.WithBaseURL(e.url+"/v1"), option.WithAPIKey("unused"), option.WithMaxRetries(0))
 	ctx := context.Background()
 	embed := func(inputs []string) []openai.Embedding {
@@ -231,7 +232,7 @@ func TestCacheOpenAIEmbeddings(t *testing.T) {
 // TestCacheRepulledModelMisses: a model pulled again with new weights has
 // a new digest, and nothing cached for the old one is served.
 func TestCacheRepulledModelMisses(t *testing.T) {
-	e := startCacheEnv(t, cache.Config{}, gateway.AuthConfig{})
+	e := startCacheEnv(t, cache.Config{}, access.Config{})
 	const body = `{"model":"nomic-embed-text","input":"chunk"}`
 	for _, want := range []string{"miss", "hit"} {
 		if _, hdr, _ := e.do("POST", "/api/embed", body, nil); hdr.Get(gateway.HeaderCache) != want {
@@ -255,7 +256,7 @@ func TestCacheRepulledModelMisses(t *testing.T) {
 // TestCacheScopeIsolates: under cache.scope key one key's entries are not
 // another's; under global they are shared.
 func TestCacheScopeIsolates(t *testing.T) {
-	auth := gateway.AuthConfig{Keys: []gateway.KeyConfig{{Name: "a", Key: keyA}, {Name: "b", Key: keyB}}}
+	auth := access.Config{Keys: []access.KeyConfig{{Name: "a", Key: keyA}, {Name: "b", Key: keyB}}}
 	for _, tc := range []struct {
 		scope string
 		want  []string // X-Vega-Cache for a, b, a
@@ -280,7 +281,7 @@ func TestCacheScopeIsolates(t *testing.T) {
 // upstream, then replayed byte for byte — the same NDJSON lines or SSE
 // events, done_reason and token counts as recorded.
 func TestCacheCompletionReplay(t *testing.T) {
-	e := startCacheEnv(t, cache.Config{}, gateway.AuthConfig{})
+	e := startCacheEnv(t, cache.Config{}, access.Config{})
 	for _, tc := range []struct {
 		name, path, body string
 		contentType      string
@@ -340,7 +341,7 @@ func TestCacheCompletionReplay(t *testing.T) {
 // make deterministic; bypass skips the cache; neither, on a sampled
 // request, is a bypass.
 func TestCacheHeaders(t *testing.T) {
-	e := startCacheEnv(t, cache.Config{}, gateway.AuthConfig{})
+	e := startCacheEnv(t, cache.Config{}, access.Config{})
 	const sampled = `{"model":"llama3.2","prompt":"hi","stream":false,"options":{"temperature":0.8}}`
 	const fixed = `{"model":"llama3.2","prompt":"hi","stream":false,"options":{"temperature":0,"seed":9}}`
 	for _, tc := range []struct {
@@ -379,7 +380,7 @@ func TestCacheHeaders(t *testing.T) {
 // serves again once Redis is back.
 func TestCacheRedisDown(t *testing.T) {
 	srv := redistest.Start(t)
-	e := startCacheEnv(t, cache.Config{RedisURL: srv.URL(), RedisTimeout: 2 * time.Second}, gateway.AuthConfig{})
+	e := startCacheEnv(t, cache.Config{RedisURL: srv.URL(), RedisTimeout: 2 * time.Second}, access.Config{})
 	client := ollama.NewClient(mustParseURL(t, e.url), testClient)
 	ctx := context.Background()
 	embed := func(inputs []string) {
@@ -416,7 +417,7 @@ func TestCacheRedisDown(t *testing.T) {
 // the newest are still served.
 func TestCacheMemoryBound(t *testing.T) {
 	const max = 64 << 10
-	e := startCacheEnv(t, cache.Config{MaxBytes: max, MaxEntryBytes: 4 << 10}, gateway.AuthConfig{})
+	e := startCacheEnv(t, cache.Config{MaxBytes: max, MaxEntryBytes: 4 << 10}, access.Config{})
 	batch := func(i int) string {
 		in := make([]string, 50)
 		for j := range in {

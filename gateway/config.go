@@ -31,10 +31,6 @@ const (
 	// DefaultPullRegistry is the registry Ollama pulls a name without a
 	// host from (llama3, library/llama3:8b, ns/model).
 	DefaultPullRegistry = "registry.ollama.ai"
-	// DefaultFailureLogLinesPerSecond is config key
-	// auth.failure_log_lines_per_second's default (the gateway's own zero
-	// means every line).
-	DefaultFailureLogLinesPerSecond = 10
 	// DefaultMaxClientConnections leaves room for the 5,000-stream
 	// benchmark with headroom, while bounding fds and memory per process.
 	DefaultMaxClientConnections = 20000
@@ -145,6 +141,10 @@ type Config struct {
 	// HTTPS (TLS 1.2 or later, the files reloaded when they change);
 	// neither, plain HTTP (the default).
 	TLS tlsfiles.Config `mapstructure:"tls"`
+
+	// CORS lets browser pages on other origins call the gateway
+	// (gateway.cors.*; cors.go). Default: off.
+	CORS CORSConfig `mapstructure:"cors"`
 	// DefaultModel is the model /chat uses when a request names none
 	// (config key upstream.default_model). Default DefaultDefaultModel.
 	DefaultModel string `mapstructure:"-"`
@@ -167,37 +167,6 @@ type ChatConfig struct {
 	MaxTokens int `mapstructure:"max_tokens"`
 	// MaxContext caps options.num_ctx the same way. Default 0: no cap.
 	MaxContext int `mapstructure:"max_context"`
-}
-
-// AuthConfig lists the keys the gateway accepts (config keys auth.*).
-type AuthConfig struct {
-	// APIKeys are accepted on every route but /healthz, as X-API-Key or
-	// Authorization: Bearer. Empty means the gateway is open.
-	APIKeys []string `mapstructure:"api_keys"`
-	// AdminAPIKeys guard the admin listener; empty falls back to APIKeys.
-	AdminAPIKeys []string `mapstructure:"admin_api_keys"`
-	// Keys are scoped keys with names and optional per-key limits (in
-	// containers: JSON in VEGA_AUTH_KEYS).
-	Keys []KeyConfig `mapstructure:"keys"`
-	// KeysFile is a YAML or JSON file with a list of scoped keys (or
-	// {"keys": [...]}), re-read on SIGHUP without dropping open streams.
-	KeysFile string `mapstructure:"keys_file"`
-	// AllowModelManagement lets requests without a key use pull, push,
-	// create, copy, delete and blobs when the gateway is open. Default
-	// false: model management needs a key with the models:manage scope.
-	AllowModelManagement bool `mapstructure:"allow_model_management"`
-	// MaxFailuresPerIP is how many failed authentications one client IP
-	// may make per minute before it gets 429 for the rest of that minute.
-	// 0 (the default) means no budget. Behind a local TLS terminator every
-	// client is 127.0.0.1: leave it off there.
-	MaxFailuresPerIP int `mapstructure:"max_failures_per_ip"`
-	// FailureLogLinesPerSecond samples the access log of failed
-	// authentications (401, and the 429 of the per-IP budget): at most this
-	// many lines a second are written, the rest only counted (Gateway.
-	// SuppressedLogLines), so a key-guessing burst cannot flood the log.
-	// 0 writes every line; the config file's default is
-	// DefaultFailureLogLinesPerSecond.
-	FailureLogLinesPerSecond int `mapstructure:"failure_log_lines_per_second"`
 }
 
 func (c Config) withDefaults() Config {
@@ -238,6 +207,7 @@ func (c Config) withDefaults() Config {
 	if len(c.PullRegistries) == 0 {
 		c.PullRegistries = []string{DefaultPullRegistry}
 	}
+	c.CORS = c.CORS.withDefaults()
 	return c
 }
 
@@ -269,6 +239,9 @@ func (c Config) validate() error {
 	}
 	if _, err := parseTrustedProxies(c.TrustedProxies); err != nil {
 		return fmt.Errorf("gateway.trusted_proxies: %w", err)
+	}
+	if _, err := newCORSPolicy(c.CORS); err != nil {
+		return err
 	}
 	return c.validatePolicy()
 }

@@ -19,7 +19,7 @@ import (
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 
-	"github.com/vega-gateway/vega-gateway/gateway"
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
 	"github.com/vega-gateway/vega-gateway/pool"
 )
@@ -118,7 +118,7 @@ func asStatusError(err error, se *ollama.StatusError) bool {
 }
 
 func TestOpenAISDKThroughGateway(t *testing.T) {
-	e := startEnv(t, envOptions{auth: gateway.AuthConfig{APIKeys: []string{"sk-test-key-0123456789abcdef0123456789"}}})
+	e := startEnv(t, envOptions{auth: access.Config{APIKeys: []string{"sk-test-key-0123456789abcdef0123456789"}}})
 	c := openai.NewClient(option.WithBaseURL(e.url+"/v1"), option.WithAPIKey("sk-test-key-0123456789abcdef0123456789"))
 	ctx := context.Background()
 
@@ -396,7 +396,7 @@ func TestCorrelationID(t *testing.T) {
 
 func TestAuth(t *testing.T) {
 	const key = "vega-test-key-7f3a9c2e5b1d4f6a8c0e2b4d6f8a1c3e"
-	e := startEnv(t, envOptions{auth: gateway.AuthConfig{APIKeys: []string{key}}})
+	e := startEnv(t, envOptions{auth: access.Config{APIKeys: []string{key}}})
 	for _, tc := range []struct {
 		name   string
 		hdr    map[string]string
@@ -634,7 +634,7 @@ func TestScopesAndKeyLimits(t *testing.T) {
 	)
 	e := startEnv(t, envOptions{
 		fake: fakeTokensDelay(20, 20*time.Millisecond),
-		auth: gateway.AuthConfig{APIKeys: []string{reader}, Keys: []gateway.KeyConfig{
+		auth: access.Config{APIKeys: []string{reader}, Keys: []access.KeyConfig{
 			{Name: "ops", Key: manager, Scopes: []string{"models:manage", "models:read"}},
 			{Name: "ci", Key: limited, MaxConcurrent: 1},
 		}},
@@ -689,7 +689,7 @@ func TestModelManagementWhenOpen(t *testing.T) {
 	if st, _, body := closed.do("POST", "/api/pull", `{"model":"llama3.2","stream":false}`, nil); st != 403 {
 		t.Fatalf("open gateway allowed pull by default: %d %s", st, body)
 	}
-	open := startEnv(t, envOptions{auth: gateway.AuthConfig{AllowModelManagement: true}})
+	open := startEnv(t, envOptions{auth: access.Config{AllowModelManagement: true}})
 	if st, _, body := open.do("POST", "/api/pull", `{"model":"llama3.2","stream":false}`, nil); st != 200 {
 		t.Fatalf("allow_model_management: %d %s", st, body)
 	}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/pool"
 )
 
@@ -29,7 +30,8 @@ const (
 	outcomeShutdownAborted     = "shutdown_aborted"
 	outcomeInternalError       = "internal_error"
 	outcomeMaxDuration         = "max_duration"
-	outcomeShed                = "shed" // over gateway.max_in_flight (Envoy's overload manager flag OM)
+	outcomeShed                = "shed"               // over gateway.max_in_flight (Envoy's overload manager flag OM)
+	outcomeLimitsUnavailable   = "limits_unavailable" // limits.on_redis_error: deny, and Redis did not answer
 )
 
 // statusClientClosedNoBytes is logged when the client left before any
@@ -97,9 +99,29 @@ func upstreamError(err error) apiError {
 	return apiError{502, "upstream_protocol_error", "the upstream sent a malformed response", outcomeUpstreamProtocol, ""}
 }
 
+// unauthorized is the 401 for a refused credential. A signed Ollama
+// request is told what was wrong with it (a stale ts is a clock to fix, an
+// unknown key a public key to add), which gives away nothing a caller with
+// that key does not know.
+func unauthorized(s access.Status) apiError {
+	msg := "missing or invalid API key"
+	switch s {
+	case access.SignedMalformed:
+		msg = "malformed signed request: want Authorization <base64 public key>:<base64 signature> and one ts query parameter"
+	case access.SignedUnknownKey:
+		msg = "this Ollama key is not allowed on this gateway: add its public key to auth.ollama_keys"
+	case access.SignedBadSignature:
+		msg = "the Ollama key's signature does not match this request"
+	case access.SignedStale:
+		msg = "the signed request's ts is too old: check the client's clock"
+	case access.SignedFuture:
+		msg = "the signed request's ts is ahead of the gateway's clock: check the client's clock"
+	}
+	return apiError{401, "unauthorized", msg, outcomeAuthFailed, ""}
+}
+
 var (
-	errUnauthorized = apiError{401, "unauthorized", "missing or invalid API key", outcomeAuthFailed, ""}
-	errInternal     = apiError{500, "internal_error", "internal error", outcomeInternalError, ""}
+	errInternal = apiError{500, "internal_error", "internal error", outcomeInternalError, ""}
 )
 
 // openAIType is OpenAI's error `type` for a status.

@@ -12,8 +12,10 @@ import (
 	"github.com/valyala/fasthttp"
 	oteltrace "go.opentelemetry.io/otel/trace"
 
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/cache"
 	"github.com/vega-gateway/vega-gateway/fleet"
+	"github.com/vega-gateway/vega-gateway/limits"
 	"github.com/vega-gateway/vega-gateway/pool"
 	"github.com/vega-gateway/vega-gateway/trace"
 )
@@ -36,17 +38,27 @@ type exchange struct {
 	scratch     []byte
 	// body holds the request body read whole (body.go); reused across
 	// requests while small.
-	body    []byte
-	model   string
-	keyName string
+	body       []byte
+	model      string
+	keyName    string
+	// authReason is why authentication failed (access.Status), for the log.
+	authReason string
+	// signedTS: the query's ts parameter belongs to an Ollama signed
+	// credential and is not forwarded.
+	signedTS bool
 	// conn is the client connection; goneFn is x.clientGone, bound once
 	// per pooled exchange so passing it to the pool does not allocate.
 	conn   net.Conn
 	goneFn func() bool
 	// idReplaced: the client sent a correlation ID that was not kept.
 	idReplaced bool
-	// key holds a concurrency slot of the request's key until finish.
-	key *apiKey
+	// key is the request's identity (nil on an open gateway); grant is
+	// what the limiter admitted it with, held until finish.
+	key   *access.Identity
+	grant limits.Grant
+	// backendLease is the backend's limits.backend_max_in_flight slot,
+	// held until finish.
+	backendLease limits.BackendLease
 	// inFlight: counted in Gateway.inFlight until finish.
 	inFlight bool
 
@@ -265,6 +277,9 @@ func (x *exchange) finish() {
 			x.scratch = quoteSafe(x.scratch[:0], x.cacheState)
 			e.RawJSON("cache", x.scratch)
 		}
+		if x.authReason != "" {
+			e.Str("auth_reason", x.authReason)
+		}
 		if x.doneReason != "" {
 			e.Str("done_reason", x.doneReason).Int64("prompt_tokens", x.promptTokens).Int64("completion_tokens", x.completionTokens)
 		}
@@ -275,9 +290,10 @@ func (x *exchange) finish() {
 	}
 	x.endTicket()
 	g.observe(x, dur)
-	if x.key != nil {
-		x.key.release()
-	}
+	// Slots go back and tokens are charged however the request ended: a
+	// stream cut by its client included (its close calls finish).
+	g.limits.Done(&x.grant, x.promptTokens+x.completionTokens)
+	g.limits.ReleaseBackend(&x.backendLease)
 	if x.inFlight {
 		g.inFlight.Add(-1)
 	}

@@ -17,7 +17,7 @@ import (
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 
-	"github.com/vega-gateway/vega-gateway/gateway"
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
 	"github.com/vega-gateway/vega-gateway/pool"
 )
@@ -35,9 +35,9 @@ type fleetEnv struct {
 // startFleetEnv starts one fake per entry of models (the models it
 // knows) behind an open gateway that allows model management, unless auth
 // says otherwise.
-func startFleetEnv(t *testing.T, models [][]string, fake ollamatest.Config, auth *gateway.AuthConfig) *fleetEnv {
+func startFleetEnv(t *testing.T, models [][]string, fake ollamatest.Config, auth *access.Config) *fleetEnv {
 	t.Helper()
-	a := gateway.AuthConfig{AllowModelManagement: true}
+	a := access.Config{AllowModelManagement: true}
 	if auth != nil {
 		a = *auth
 	}
@@ -209,8 +209,8 @@ func TestFanoutLists(t *testing.T) {
 }
 
 func TestFanoutUpstreamHeaders(t *testing.T) {
-	auth := &gateway.AuthConfig{Keys: []gateway.KeyConfig{{Name: "ops", Key: "fanout-secret",
-		Scopes: []string{gateway.ScopeModelsRead, gateway.ScopeModelsManage}}}}
+	auth := &access.Config{Keys: []access.KeyConfig{{Name: "ops", Key: "fanout-secret",
+		Scopes: []string{access.ScopeModelsRead, access.ScopeModelsManage}}}}
 	e := startFleetEnv(t, [][]string{{"a"}, {"b"}, {"c"}}, ollamatest.Config{}, auth)
 	env := &env{t: t, url: e.url}
 	const id = "fanout-headers-1"

@@ -7,10 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/fleet"
+	"github.com/vega-gateway/vega-gateway/limits"
 	"github.com/vega-gateway/vega-gateway/pool"
 )
 
@@ -45,10 +48,10 @@ func (g *Gateway) pinnedBackend(ctx *fasthttp.RequestCtx, x *exchange) (*fleet.B
 	if len(name) == 0 {
 		return nil, apiError{}, true
 	}
-	if x.key == nil && !(g.keys.Load().Open() && g.auth.AllowModelManagement) {
+	if x.key == nil && !(g.access.Open() && g.auth.AllowModelManagement) {
 		return nil, apiError{403, "route_forbidden", "X-Vega-Backend needs a key with the models:manage scope", outcomeClientError, ""}, false
 	}
-	if x.key != nil && x.key.scopes&scopeModelsManage == 0 {
+	if x.key != nil && !x.key.Scopes.Has(access.ModelsManage) {
 		return nil, apiError{403, "route_forbidden", "X-Vega-Backend needs a key with the models:manage scope", outcomeClientError, ""}, false
 	}
 	b := g.fleet.Pin(string(name))
@@ -87,12 +90,27 @@ func (g *Gateway) send(x *exchange, t target, req *fasthttp.Request, resp *fasth
 		x.backend, x.up, x.reason = b, b.Pool, reason
 		t.Tried |= b.Bit()
 		more := x.attempts < maxAttempts
+		// A backend at its fleet-wide bound (limits.backend_max_in_flight)
+		// is passed over like a busy one.
+		lease, d := g.limits.AcquireBackend(b.Name)
+		if !d.OK() {
+			err := errLimitsUnavailable
+			if d.Reason == limits.BackendBusy {
+				err = errBackendsAtLimit
+			}
+			if more && err == errBackendsAtLimit {
+				last = err
+				continue
+			}
+			return nil, err
+		}
 		x.startAttempt(b, reason, req)
 		rel, waited, err := b.Pool.AcquireWhile(g.closing, x.goneFn)
 		x.queueWait += waited
 		x.traceWait(b, waited, err)
 		if err != nil {
 			x.endAttempt(upstreamError(err).outcome, 0)
+			g.limits.ReleaseBackend(&lease)
 			if more && retryableAdmission(err) {
 				last = err
 				continue
@@ -114,6 +132,7 @@ func (g *Gateway) send(x *exchange, t target, req *fasthttp.Request, resp *fasth
 		if err != nil {
 			x.endAttempt(upstreamError(err).outcome, 0)
 			rel()
+			g.limits.ReleaseBackend(&lease)
 			if errors.Is(err, pool.ErrClientGone) {
 				ticket.End(fleet.Neutral, 0)
 				return nil, err
@@ -133,6 +152,7 @@ func (g *Gateway) send(x *exchange, t target, req *fasthttp.Request, resp *fasth
 				_ = resp.CloseBodyStream()
 				resp.Reset()
 				rel()
+				g.limits.ReleaseBackend(&lease)
 				ticket.End(res, 0)
 				x.endAttempt(refusalOutcome(res), st)
 				switch res {
@@ -146,7 +166,7 @@ func (g *Gateway) send(x *exchange, t target, req *fasthttp.Request, resp *fasth
 				continue
 			}
 		}
-		x.ticket = ticket
+		x.ticket, x.backendLease = ticket, lease
 		return rel, nil
 	}
 }
@@ -213,6 +233,10 @@ func fleetError(err error, model string) (apiError, bool) {
 		return apiError{503, "no_backend", "no backend is available: every one is down, circuit-broken or already tried", outcomeUpstreamUnhealthy, retryAfterUnhealthySeconds}, true
 	case errors.Is(err, errAllBusy):
 		return apiError{503, "upstream_busy", "server busy, please try again.  maximum pending requests exceeded", outcomeUpstreamHTTPError, retryAfterSeconds}, true
+	case errors.Is(err, errBackendsAtLimit):
+		return errBackendBusy, true
+	case errors.Is(err, errLimitsUnavailable):
+		return limitError(limits.Decision{Reason: limits.Unavailable, RetryAfter: 1}, time.Time{}), true
 	}
 	return apiError{}, false
 }

@@ -13,9 +13,11 @@ import (
 	"github.com/ollama/ollama/api"
 	"github.com/rs/zerolog"
 
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/cache"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
+	"github.com/vega-gateway/vega-gateway/limits"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
 	"github.com/vega-gateway/vega-gateway/otelx"
 	"github.com/vega-gateway/vega-gateway/pool"
@@ -34,13 +36,15 @@ type routingOptions struct {
 	fake     ollamatest.Config
 	routing  fleet.Config
 	upstream pool.UpstreamConfig
-	auth     gateway.AuthConfig
+	auth     access.Config
 	// noRun: no health probes or catalogue refresh (the catalogue stays
 	// unknown, the backends healthy, whatever happens to them).
 	noRun  bool
 	tracer *otelx.Tracer // nil: tracing off
 	// cache, when set, turns the response cache on.
 	cache *cache.Config
+	// limits, when set, replaces the gateway's in-process default limiter.
+	limits *limits.Config
 }
 
 func startRoutingEnv(t *testing.T, o routingOptions) *routingEnv {
@@ -88,6 +92,14 @@ func startRoutingEnv(t *testing.T, o routingOptions) *routingEnv {
 			t.Fatal(err)
 		}
 		gw.SetCache(c)
+	}
+	if o.limits != nil {
+		lim, err := limits.New(*o.limits, zerolog.Nop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { lim.Close() })
+		gw.SetLimiter(lim)
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	running := make(chan struct{})
@@ -318,8 +330,8 @@ func TestFleetBreakerTakesAFailingBackendOut(t *testing.T) {
 func TestFleetPinnedBackend(t *testing.T) {
 	const manage, infer = "manage-key-0123456789abcdef0123456789", "infer-key-0123456789abcdef01234567890"
 	e := startRoutingEnv(t, routingOptions{models: [][]string{{"llama3.2"}, {"llama3.2"}, {"llama3.2"}},
-		auth: gateway.AuthConfig{Keys: []gateway.KeyConfig{
-			{Name: "ops", Key: manage, Scopes: []string{gateway.ScopeModelsManage, gateway.ScopeInference, gateway.ScopeModelsRead}},
+		auth: access.Config{Keys: []access.KeyConfig{
+			{Name: "ops", Key: manage, Scopes: []string{access.ScopeModelsManage, access.ScopeInference, access.ScopeModelsRead}},
 			{Name: "app", Key: infer},
 		}}})
 	tests := []struct {
@@ -354,7 +366,7 @@ func TestFleetPinnedBackend(t *testing.T) {
 
 func TestFleetConversationAffinity(t *testing.T) {
 	e := startRoutingEnv(t, routingOptions{models: [][]string{{"llama3.2"}, {"llama3.2"}, {"llama3.2"}},
-		auth: gateway.AuthConfig{AllowModelManagement: true}})
+		auth: access.Config{AllowModelManagement: true}})
 	// Load the model on every backend (pinned), so all are equal choices.
 	for _, b := range e.fleet.Backends() {
 		if st, _, body := e.do("POST", "/api/chat", chatBody("llama3.2", "warm", false), map[string]string{gateway.HeaderBackend: b.Name}); st != 200 {

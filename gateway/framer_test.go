@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/vega-gateway/vega-gateway/access"
 )
 
 // chunkedReader returns src in pieces cut at the given points.
@@ -158,35 +160,6 @@ func TestClassify(t *testing.T) {
 	}
 }
 
-func FuzzAuthHeaders(f *testing.F) {
-	const key = "fuzz-key-0123456789abcdef0123456789"
-	f.Add("", "")
-	f.Add(key, "")
-	f.Add("", "Bearer "+key)
-	f.Add(key, "Bearer other")
-	f.Add("", "bearer  "+key)
-	f.Add("", "Basic "+key)
-	f.Fuzz(func(t *testing.T, apiKey, authz string) {
-		kr, err := NewKeyring([]string{key}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var h fasthttp.RequestHeader
-		if apiKey != "" {
-			h.Set(HeaderAPIKey, apiKey)
-		}
-		if authz != "" {
-			h.Set(HeaderAuthorization, authz)
-		}
-		res, _, _ := kr.check(&h)
-		presented, _, ambiguous := credentials(&h)
-		want := !ambiguous && string(presented) == key
-		if (res == authOK) != want {
-			t.Fatalf("X-API-Key %q Authorization %q: result %d, want ok=%v", apiKey, authz, res, want)
-		}
-	})
-}
-
 func FuzzPathPolicy(f *testing.F) {
 	for _, s := range []string{"/api/pull", "/api/../api/pull", "/api/%2e%2e/pull", "//api/pull", "/api/./pull", "/API/PULL",
 		"/v1/..%2f..%2fapi/pull", "/api/blobs/sha256:x", "/chat", "/v1/models/x"} {
@@ -204,7 +177,7 @@ func FuzzPathPolicy(f *testing.F) {
 		}
 		p := string(path)
 		isManage := p == "/api/pull" || p == "/api/push" || p == "/api/create" || p == "/api/copy" || p == "/api/delete" || strings.HasPrefix(p, "/api/blobs/")
-		if isManage != (r.scope() == scopeModelsManage) {
+		if isManage != (r.scope() == access.ModelsManage) {
 			t.Fatalf("%q (normalised %q): scope %v", target, p, r.scope())
 		}
 	})

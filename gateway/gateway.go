@@ -6,7 +6,6 @@ import (
 	"errors"
 	"math"
 	"net"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -14,8 +13,10 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
 
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/cache"
 	"github.com/vega-gateway/vega-gateway/fleet"
+	"github.com/vega-gateway/vega-gateway/limits"
 	"github.com/vega-gateway/vega-gateway/otelx"
 	"github.com/vega-gateway/vega-gateway/pool"
 	"github.com/vega-gateway/vega-gateway/tlsfiles"
@@ -24,11 +25,12 @@ import (
 // Gateway is the data listener: the proxy in front of a fleet of upstream
 // backends, each behind its own bounded pool.
 type Gateway struct {
-	cfg   Config
-	chat  ChatConfig
-	auth  AuthConfig
-	keys  atomic.Pointer[Keyring]
-	fleet *fleet.Fleet
+	cfg  Config
+	chat ChatConfig
+	auth access.Config
+	// access answers who may call (keys, scopes, the keys file).
+	access *access.Control
+	fleet  *fleet.Fleet
 	// pool is the first backend's pool: the upstream named in the log for
 	// a request refused before a backend was chosen (nil for a fleet that
 	// starts empty, found by discovery).
@@ -42,14 +44,15 @@ type Gateway struct {
 	draining atomic.Bool
 	closing  chan struct{}
 	panics   atomic.Int64
-	// reloadFailures counts key reloads (SIGHUP) that failed.
-	reloadFailures atomic.Int64
-	streams        streamSet
+	streams  streamSet
 	// hijacked counts the client connections that streams took off
 	// fasthttp's workers (hijack.go), which fasthttp no longer counts.
 	hijacked atomic.Int64
-	// failures is the per-IP authentication failure budget (nil: off).
-	failures *failureBudget
+	// limits admits requests: the keys' limits, the per-IP failure
+	// budget, the per-backend bound (in the process, or shared in Redis).
+	limits *limits.Limiter
+	// cors is the CORS policy (nil: off, Ollama's own headers relayed).
+	cors *corsPolicy
 	// allowed is the model allowlist (nil: any model), names normalised.
 	allowed map[string]bool
 	// inFlight counts requests against cfg.MaxInFlight (shed.go);
@@ -90,7 +93,7 @@ type Record struct {
 
 // New builds the gateway in front of the fleet's backends. It starts
 // nothing: the fleet's Run probes and refreshes them.
-func New(cfg Config, chat ChatConfig, auth AuthConfig, backends *fleet.Fleet, log zerolog.Logger) (*Gateway, error) {
+func New(cfg Config, chat ChatConfig, auth access.Config, backends *fleet.Fleet, log zerolog.Logger) (*Gateway, error) {
 	cfg = cfg.withDefaults()
 	chat = chat.withDefaults()
 	if err := cfg.validate(); err != nil {
@@ -102,31 +105,36 @@ func New(cfg Config, chat ChatConfig, auth AuthConfig, backends *fleet.Fleet, lo
 	if backends == nil {
 		return nil, errors.New("gateway: no upstream backends")
 	}
-	keys, err := buildKeyring(auth)
+	ac, err := access.New(auth)
 	if err != nil {
 		return nil, err
 	}
-	if auth.MaxFailuresPerIP < 0 {
-		return nil, errors.New("auth.max_failures_per_ip: must not be negative")
+	// In the process until SetLimiter hands over main's (which may share
+	// its counters through Redis).
+	lim, err := limits.New(limits.Config{MaxFailuresPerIP: auth.MaxFailuresPerIP}, log)
+	if err != nil {
+		return nil, err
 	}
-	g := &Gateway{cfg: cfg, chat: chat, auth: auth, fleet: backends, log: log, closing: make(chan struct{}),
-		failures: newFailureBudget(auth.MaxFailuresPerIP)}
+	g := &Gateway{cfg: cfg, chat: chat, auth: auth, access: ac, fleet: backends, log: log, closing: make(chan struct{})}
+	if b := backends.First(); b != nil {
+		g.pool = b.Pool // a fleet of discovery alone starts empty
+	}
+	g.SetLimiter(lim)
 	for _, m := range cfg.ModelAllowlist {
 		if g.allowed == nil {
 			g.allowed = map[string]bool{}
 		}
 		g.allowed[normalizeModel(m)] = true
 	}
-	if b := backends.First(); b != nil {
-		g.pool = b.Pool // a fleet of discovery alone starts empty
-	}
-	g.keys.Store(keys)
 	cert, err := tlsfiles.Load(cfg.TLS, "gateway.tls", log)
 	if err != nil {
 		return nil, err
 	}
 	if cert != nil {
 		g.tls = cert.ServerConfig()
+	}
+	if g.cors, err = newCORSPolicy(cfg.CORS); err != nil {
+		return nil, err
 	}
 	g.server = &fasthttp.Server{
 		Handler:               g.serve,
@@ -176,8 +184,45 @@ func New(cfg Config, chat ChatConfig, auth AuthConfig, backends *fleet.Fleet, lo
 // the goroutine that finished it). Call it before Serve.
 func (g *Gateway) SetObserver(fn func(*Record)) { g.observer = fn }
 
-// Open reports whether no API keys are configured.
-func (g *Gateway) Open() bool { return g.keys.Load().Open() }
+// Open reports whether no keys (API or Ollama keys) are configured.
+func (g *Gateway) Open() bool { return g.access.Open() }
+
+// SetLimiter makes l decide admissions (its MaxFailuresPerIP is the per-IP
+// budget) and hands it the keys' limits. Call it before Serve; the
+// gateway does not close l.
+func (g *Gateway) SetLimiter(l *limits.Limiter) {
+	g.limits = l
+	g.setKeyLimits()
+}
+
+// Limiter is the limiter deciding admissions.
+func (g *Gateway) Limiter() *limits.Limiter { return g.limits }
+
+// setKeyLimits hands the configured keys' limits to the limiter.
+func (g *Gateway) setKeyLimits() {
+	ids := g.access.Identities()
+	m := make(map[string]limits.KeyLimits, len(ids))
+	for _, id := range ids {
+		m[id.Name] = limits.KeyLimits{RequestsPerMinute: int(id.Limits.RequestsPerMinute), MaxConcurrent: int(id.Limits.MaxConcurrent),
+			TokensPerMinute: id.Limits.TokensPerMinute, TokensPerDay: id.Limits.TokensPerDay}
+	}
+	g.limits.SetKeys(m)
+}
+
+// ReloadKeys re-reads auth.keys_file and swaps the keys at once: new
+// requests use the new keys, open streams are not touched. On error the
+// old keys stay.
+func (g *Gateway) ReloadKeys() error {
+	if err := g.access.Reload(); err != nil {
+		return err
+	}
+	g.setKeyLimits()
+	return nil
+}
+
+// KeyReloadFailures is the number of ReloadKeys calls that failed (the
+// previous keys stayed in force each time).
+func (g *Gateway) KeyReloadFailures() int64 { return g.access.ReloadFailures() }
 
 // Panics is the number of handler panics recovered so far.
 func (g *Gateway) Panics() int64 { return g.panics.Load() }
@@ -209,8 +254,9 @@ var (
 )
 
 // serve is the whole request chain, in order: correlation ID, panic
-// recovery, probe, in-flight limit, path check, auth, drain check, then
-// /chat or the proxy.
+// recovery, CORS headers, probe, in-flight limit, path check, CORS
+// preflight, per-IP failure budget, auth (access.Control), scope and key
+// limits, drain check, then /chat or the proxy.
 func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 	x := g.newExchange(ctx)
 	x.route = classify(ctx.Path())
@@ -237,6 +283,11 @@ func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 
 	if g.faultHook != nil {
 		g.faultHook("handler")
+	}
+	if g.cors != nil {
+		// Before any answer, so the gateway's own errors (a 401 too) are
+		// readable by an allowed page.
+		g.cors.decorate(ctx)
 	}
 	if x.route.family == familyProbe {
 		if !ctx.IsGet() && !ctx.IsHead() {
@@ -295,17 +346,24 @@ func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 		ctx.SetConnectionClose()
 		return
 	}
-	if over, wait := g.failures.blocked(x.remote, x.start); over {
-		g.reject(ctx, x, apiError{429, "rate_limited", "too many failed authentications from this address", outcomeAuthFailed, strconv.FormatInt(wait, 10)})
+	if g.cors != nil && isPreflight(&ctx.Request.Header) {
+		g.preflight(ctx, x)
 		return
 	}
-	res, key, fromAuthz := g.keys.Load().check(&ctx.Request.Header)
-	if res != authOK && res != authOpen {
-		g.failures.fail(x.remote, x.start)
-		g.reject(ctx, x, errUnauthorized)
+	res, id := g.access.Check(&ctx.Request.Header, x.start)
+	if !res.Accepted() {
+		x.authReason, x.keyName = res.Status.String(), res.KeyName
+		// One limiter call counts the failure, or says the IP had used its
+		// budget already (429 rather than 401).
+		if d := g.limits.Failed(x.remote); !d.OK() {
+			g.reject(ctx, x, limitError(d, x.start))
+			return
+		}
+		g.reject(ctx, x, unauthorized(res.Status))
 		return
 	}
-	if e, ok := g.authorize(x, res, key); !ok {
+	x.signedTS = res.SignedTS
+	if e, ok := g.authorize(x, id); !ok {
 		g.reject(ctx, x, e)
 		return
 	}
@@ -319,33 +377,36 @@ func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	if streamsBody(ctx, x.route) {
-		handedOff = g.serveUpload(ctx, x, fromAuthz)
+		handedOff = g.serveUpload(ctx, x, res.InAuthorization)
 		return
 	}
-	handedOff = g.proxy(ctx, x, fromAuthz)
+	handedOff = g.proxy(ctx, x, res.InAuthorization)
 }
 
-// authorize checks the route's scope and the key's limits; on success the
-// exchange holds a slot of the key's concurrency until it finishes.
-func (g *Gateway) authorize(x *exchange, res authResult, key *apiKey) (apiError, bool) {
+// authorize checks the route's scope, then asks the limiter, in one call
+// (one Redis round trip at most), about the client IP's failure budget and
+// the key's limits; id is nil on an open gateway, which has neither. On
+// success the exchange holds the limiter's grant until it finishes.
+func (g *Gateway) authorize(x *exchange, id *access.Identity) (apiError, bool) {
 	need := x.route.scope()
-	if res == authOpen {
-		if need == scopeModelsManage && !g.auth.AllowModelManagement {
+	if id == nil {
+		if need == access.ModelsManage && !g.auth.AllowModelManagement {
 			return errManageDisabled, false
 		}
 		return apiError{}, true
 	}
-	x.keyName = key.name
-	if key.scopes&need == 0 {
-		if need == scopeModelsManage {
+	x.keyName = id.Name
+	if !id.Scopes.Has(need) {
+		if need == access.ModelsManage {
 			return errManageForbidden, false
 		}
 		return apiError{403, "route_forbidden", "this key's scopes do not allow this route", outcomeClientError, ""}, false
 	}
-	if e, ok := key.admit(time.Now()); !ok {
-		return e, false
+	grant, d := g.limits.Admit(x.remote, id.Name)
+	if !d.OK() {
+		return limitError(d, x.start), false
 	}
-	x.key = key
+	x.key, x.grant = id, grant
 	return apiError{}, true
 }
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
@@ -83,7 +84,7 @@ type envOptions struct {
 	pool     pool.Config
 	gateway  gateway.Config
 	chat     gateway.ChatConfig
-	auth     gateway.AuthConfig
+	auth     access.Config
 	noFake   bool   // point the upstream at upstreamURL instead
 	upURL    string // with noFake
 	level    zerolog.Level

@@ -59,16 +59,16 @@ func lower(buf *[64]byte, k []byte) ([]byte, bool) {
 
 // copyRequestHeaders copies the client's headers onto the outbound request
 // in one pass, leaving out dropOnRequest, every header the client's
-// Connection names (each is hop-by-hop by declaration), and Authorization
-// when it carried a gateway key. The gateway's own headers are set after,
+// Connection names (each is hop-by-hop by declaration), Authorization
+// when it carried a gateway key, and Origin when dropOrigin is set. The gateway's own headers are set after,
 // so `Connection: X-Correlation-ID` cannot remove them (CVE-2021-33197).
-func copyRequestHeaders(in, out *fasthttp.RequestHeader, dropAuthorization bool) {
+func copyRequestHeaders(in, out *fasthttp.RequestHeader, dropAuthorization, dropOrigin bool) {
 	out.SetMethodBytes(in.Method())
 	var buf [64]byte
 	sawConnection := false
 	for k, v := range in.All() {
 		lk, ok := lower(&buf, k)
-		if ok && (dropOnRequest[string(lk)] || dropAuthorization && string(lk) == "authorization") {
+		if ok && (dropOnRequest[string(lk)] || dropAuthorization && string(lk) == "authorization" || dropOrigin && string(lk) == "origin") {
 			sawConnection = sawConnection || string(lk) == "connection"
 			continue
 		}

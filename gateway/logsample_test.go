@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vega-gateway/vega-gateway/gateway"
+	"github.com/vega-gateway/vega-gateway/access"
 )
 
 // TestAuthFailureLogSampling is F-43: a burst of wrong keys is answered
@@ -22,7 +22,7 @@ func TestAuthFailureLogSampling(t *testing.T) {
 		{"zero logs every line", 0, 20},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := startEnv(t, envOptions{auth: gateway.AuthConfig{APIKeys: []string{key}, FailureLogLinesPerSecond: tc.limit}})
+			e := startEnv(t, envOptions{auth: access.Config{APIKeys: []string{key}, FailureLogLinesPerSecond: tc.limit}})
 			bad := map[string]string{"X-API-Key": "guess"}
 			statuses := make(chan int, tc.burst)
 			start := time.Now()

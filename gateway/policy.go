@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/vega-gateway/vega-gateway/access"
 )
 
 // Body policy: the checks a pass-through request body must pass before it
@@ -111,7 +113,7 @@ func (g *Gateway) checkBody(ctx *fasthttp.RequestCtx, x *exchange) (apiError, bo
 		return apiError{}, true
 	}
 	c := &g.cfg
-	inference := x.route.scope() == scopeInference
+	inference := x.route.scope() == access.Inference
 	switch {
 	case inference:
 		if g.allowed == nil && c.MaxKeepAlive <= 0 && c.MaxNumCtx <= 0 && c.MaxNumPredict <= 0 {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
 )
@@ -82,8 +83,8 @@ func runPolicyCases(t *testing.T, e *env, hdr map[string]string, cases []policyC
 
 const manageKey = "ops-key-0123456789abcdef0123456789abcdef"
 
-func manageAuth() gateway.AuthConfig {
-	return gateway.AuthConfig{Keys: []gateway.KeyConfig{{Name: "ops", Key: manageKey, Scopes: []string{"models:manage"}}}}
+func manageAuth() access.Config {
+	return access.Config{Keys: []access.KeyConfig{{Name: "ops", Key: manageKey, Scopes: []string{"models:manage"}}}}
 }
 
 // TestPullRegistries is B-63: with a models:manage key, pull and push may
@@ -142,7 +143,7 @@ func TestPullRegistries(t *testing.T) {
 	})
 	t.Run("bad config", func(t *testing.T) {
 		for _, bad := range []string{"", "https://registry.ollama.ai", "host/path"} {
-			if _, err := gateway.New(gateway.Config{PullRegistries: []string{bad}}, gateway.ChatConfig{}, gateway.AuthConfig{}, nil, zerolog.Nop()); err == nil || !strings.Contains(err.Error(), "gateway.pull_registries") {
+			if _, err := gateway.New(gateway.Config{PullRegistries: []string{bad}}, gateway.ChatConfig{}, access.Config{}, nil, zerolog.Nop()); err == nil || !strings.Contains(err.Error(), "gateway.pull_registries") {
 				t.Errorf("pull_registries %q: error %v, want one naming the key", bad, err)
 			}
 		}

@@ -9,6 +9,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
 
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/pool"
 	"github.com/vega-gateway/vega-gateway/trace"
 )
@@ -124,14 +125,32 @@ func (g *Gateway) upstreamFailed(ctx *fasthttp.RequestCtx, x *exchange, err erro
 // and headers as received, less hop-by-hop headers and the gateway's
 // credentials, plus the correlation ID and trace context.
 func (g *Gateway) outboundRequest(ctx *fasthttp.RequestCtx, x *exchange, req *fasthttp.Request, keyInAuthorization bool) {
-	copyRequestHeaders(&ctx.Request.Header, &req.Header, keyInAuthorization)
+	// With CORS on, the gateway has judged the page's Origin: Ollama,
+	// which refuses origins outside OLLAMA_ORIGINS with 403, must not
+	// judge it again.
+	copyRequestHeaders(&ctx.Request.Header, &req.Header, keyInAuthorization, g.cors != nil)
 	// The path forwarded is the normalised one the route and scope were
 	// decided on (re-encoded), never another spelling of it; the query goes
-	// through verbatim, uninspected.
-	req.Header.SetRequestURIBytes(ctx.URI().RequestURI())
+	// through verbatim, uninspected, but for an Ollama signature's ts.
+	uri := ctx.URI().RequestURI()
+	if x.signedTS {
+		uri = withoutTS(x, uri)
+	}
+	req.Header.SetRequestURIBytes(uri)
 	req.Header.Set(trace.HeaderCorrelationID, x.id)
 	req.Header.SetBytesV(trace.HeaderTraceparent, x.traceparent)
 	req.Header.SetBytesV("X-Forwarded-For", g.forwardedFor(x, ctx.RemoteIP(), &ctx.Request.Header))
+}
+
+// withoutTS is uri less its query's ts parameter, in x's scratch buffer.
+func withoutTS(x *exchange, uri []byte) []byte {
+	path, query, ok := bytes.Cut(uri, []byte{'?'})
+	if !ok {
+		return uri
+	}
+	x.scratch = append(append(x.scratch[:0], path...), '?')
+	x.scratch = access.AppendWithoutTS(x.scratch, query)
+	return bytes.TrimSuffix(x.scratch, []byte{'?'})
 }
 
 // relay sends the upstream response to the client: headers less hop-by-hop
@@ -154,6 +173,9 @@ func (g *Gateway) relay(ctx *fasthttp.RequestCtx, x *exchange, resp *fasthttp.Re
 	}
 	resp.Header.CopyTo(&ctx.Response.Header)
 	stripResponseHop(&ctx.Response.Header)
+	if g.cors != nil {
+		g.cors.decorate(ctx)
+	}
 	ctx.Response.Header.Set(trace.HeaderCorrelationID, x.id)
 	if x.cacheState != "" {
 		ctx.Response.Header.Set(HeaderCache, x.cacheState)
@@ -233,6 +255,9 @@ func (g *Gateway) replaceRelayed(ctx *fasthttp.RequestCtx, x *exchange, err erro
 	x.upstream().NoteError()
 	ctx.Response.Header.Reset()
 	ctx.Response.Header.Set(trace.HeaderCorrelationID, x.id)
+	if g.cors != nil {
+		g.cors.decorate(ctx)
+	}
 	g.upstreamFailed(ctx, x, err)
 }
 

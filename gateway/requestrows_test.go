@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
 )
@@ -26,9 +27,9 @@ import (
 // rowsKey holds every scope, so blob uploads reach the framing code.
 const rowsKey = "rows-key-5e0c3a1f9b7d2e4c6a8f0b1d3e5c7a9f"
 
-var rowsAuth = gateway.AuthConfig{Keys: []gateway.KeyConfig{{
+var rowsAuth = access.Config{Keys: []access.KeyConfig{{
 	Name: "rows", Key: rowsKey,
-	Scopes: []string{gateway.ScopeInference, gateway.ScopeModelsRead, gateway.ScopeModelsManage},
+	Scopes: []string{access.ScopeInference, access.ScopeModelsRead, access.ScopeModelsManage},
 }}}
 
 // probe is pipelined after every raw case: it is answered (200, without
@@ -669,7 +670,7 @@ func TestRequestTargetAndHost(t *testing.T) {
 func TestTrustedProxies(t *testing.T) {
 	e := startEnv(t, envOptions{
 		gateway: gateway.Config{TrustedProxies: []string{"127.0.0.0/8", "10.0.0.0/8"}},
-		auth:    gateway.AuthConfig{Keys: rowsAuth.Keys, MaxFailuresPerIP: 2},
+		auth:    access.Config{Keys: rowsAuth.Keys, MaxFailuresPerIP: 2},
 	})
 	if s := time.Now().Second(); s >= 58 {
 		time.Sleep(time.Duration(61-s) * time.Second) // the budget counts in minute windows

@@ -1,6 +1,10 @@
 package gateway
 
-import "bytes"
+import (
+	"bytes"
+
+	"github.com/vega-gateway/vega-gateway/access"
+)
 
 // family is a route's client family: it decides the error body shape and
 // the stream framing.
@@ -28,14 +32,14 @@ type route struct {
 }
 
 // scope is the key scope the route needs.
-func (r route) scope() scopeSet {
+func (r route) scope() access.Scopes {
 	switch {
 	case r.manage:
-		return scopeModelsManage
+		return access.ModelsManage
 	case r.read:
-		return scopeModelsRead
+		return access.ModelsRead
 	}
-	return scopeInference
+	return access.Inference
 }
 
 var (

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
 	"github.com/vega-gateway/vega-gateway/pool"
@@ -106,7 +107,7 @@ func TestFramingAndSmuggling(t *testing.T) {
 		})
 	}
 	t.Run("pipelined request authenticates on its own", func(t *testing.T) {
-		k := startEnv(t, envOptions{auth: gateway.AuthConfig{APIKeys: []string{"pipe-key-0123456789abcdef0123456789"}}})
+		k := startEnv(t, envOptions{auth: access.Config{APIKeys: []string{"pipe-key-0123456789abcdef0123456789"}}})
 		raw := "GET /api/tags HTTP/1.1\r\nHost: x\r\nX-API-Key: pipe-key-0123456789abcdef0123456789\r\n\r\n" +
 			"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: " + itoa(len(body)) + "\r\nConnection: close\r\n\r\n" + body
 		resp, _ := rawExchange(t, strings.TrimPrefix(k.url, "http://"), raw)
@@ -318,7 +319,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 	key := "canary-key-" + ollamatest.ReplyText(1) + "-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
 	key = strings.ReplaceAll(key, " ", "")
 	const prompt = "canary-prompt-5b2c9e1f7a"
-	e := startEnv(t, envOptions{auth: gateway.AuthConfig{APIKeys: []string{key}}, upstream: pool.UpstreamConfig{FirstByteTimeout: 200 * time.Millisecond}})
+	e := startEnv(t, envOptions{auth: access.Config{APIKeys: []string{key}}, upstream: pool.UpstreamConfig{FirstByteTimeout: 200 * time.Millisecond}})
 	var bodies strings.Builder
 	add := func(_ int, h http.Header, b []byte) {
 		bodies.Write(b)
@@ -360,7 +361,7 @@ func TestKeysFileReload(t *testing.T) {
 		}
 	}
 	write("- name: alice\n  key: " + oldKey + "\n")
-	e := startEnv(t, envOptions{auth: gateway.AuthConfig{KeysFile: path}, fake: ollamatest.Config{Tokens: 50, TokenDelay: 10 * time.Millisecond}})
+	e := startEnv(t, envOptions{auth: access.Config{KeysFile: path}, fake: ollamatest.Config{Tokens: 50, TokenDelay: 10 * time.Millisecond}})
 	auth := func(k string) map[string]string { return map[string]string{"X-API-Key": k} }
 	if st, _, _ := e.do("GET", "/api/tags", "", auth(oldKey)); st != 200 {
 		t.Fatalf("old key before reload: %d", st)
@@ -571,7 +572,7 @@ func TestQueuedClientLeaves(t *testing.T) {
 
 func TestAuthFailureBudget(t *testing.T) {
 	const key = "budget-key-0123456789abcdef012345678"
-	e := startEnv(t, envOptions{auth: gateway.AuthConfig{APIKeys: []string{key}, MaxFailuresPerIP: 3}})
+	e := startEnv(t, envOptions{auth: access.Config{APIKeys: []string{key}, MaxFailuresPerIP: 3}})
 	if s := time.Now().Second(); s >= 57 {
 		time.Sleep(time.Duration(61-s) * time.Second) // the budget counts in minute windows
 	}

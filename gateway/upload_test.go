@@ -16,6 +16,7 @@ import (
 
 	ollama "github.com/ollama/ollama/api"
 
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
 )
@@ -62,7 +63,7 @@ func rawRequest(t *testing.T, url, head string) (net.Conn, *bufio.Reader) {
 // by chunks; Ollama's answers (201 created, 200 already there, 400 digest
 // mismatch) come back as they were.
 func TestBlobUploadStreamsThrough(t *testing.T) {
-	e := startEnv(t, envOptions{gateway: gateway.Config{MaxBodyBytes: 1 << 20}, auth: gateway.AuthConfig{AllowModelManagement: true}})
+	e := startEnv(t, envOptions{gateway: gateway.Config{MaxBodyBytes: 1 << 20}, auth: access.Config{AllowModelManagement: true}})
 	data, digest := blobOf(8<<20, 1)
 	other, otherDigest := blobOf(3<<20, 2)
 	cases := []struct {
@@ -156,7 +157,7 @@ func TestBlobUploadFailures(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e := startEnv(t, envOptions{
 				gateway: gateway.Config{MaxBlobBytes: limit, ReadTimeout: 300 * time.Millisecond},
-				auth:    gateway.AuthConfig{AllowModelManagement: true},
+				auth:    access.Config{AllowModelManagement: true},
 			})
 			id := "upload-" + strings.NewReplacer(" ", "-", ",", "").Replace(tc.name)
 			c, r := rawRequest(t, e.url, tc.head+"X-Correlation-ID: "+id+"\r\n\r\n")

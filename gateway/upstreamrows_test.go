@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/metrics"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
@@ -499,7 +500,7 @@ func TestPipelinedBehindStream(t *testing.T) {
 	const key = "pipe-key-0123456789abcdef0123456789ab"
 	e := startEnv(t, envOptions{
 		fake: ollamatest.Config{Tokens: 10, TokenDelay: 20 * time.Millisecond},
-		auth: gateway.AuthConfig{APIKeys: []string{key}},
+		auth: access.Config{APIKeys: []string{key}},
 	})
 	raw := "POST /api/chat HTTP/1.1\r\nHost: x\r\nX-API-Key: " + key + "\r\nX-Correlation-ID: f21-stream\r\nContent-Length: " + itoa(len(rowsChatBody)) + "\r\n\r\n" + rowsChatBody +
 		"GET /api/tags HTTP/1.1\r\nHost: x\r\nX-Correlation-ID: f21-no-key\r\n\r\n" +

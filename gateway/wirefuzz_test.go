@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/pool"
 )
@@ -90,7 +91,7 @@ func FuzzRawRequest(f *testing.F) {
 	// One gateway for the whole fuzz process (each fuzz worker has its own).
 	e := startEnv(f, envOptions{
 		gateway: gateway.Config{ReadTimeout: 100 * time.Millisecond, KeepAliveTimeout: 100 * time.Millisecond},
-		auth:    gateway.AuthConfig{APIKeys: []string{fuzzKey}},
+		auth:    access.Config{APIKeys: []string{fuzzKey}},
 	})
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		addr := strings.TrimPrefix(e.url, "http://")

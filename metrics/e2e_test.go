@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/valyala/fasthttp"
 
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/metrics"
@@ -164,7 +165,7 @@ func startStack(t testing.TB, tokenDelay time.Duration, observe bool) (*ollamate
 	if err != nil {
 		t.Fatal(err)
 	}
-	gw, err := gateway.New(gateway.Config{}, gateway.ChatConfig{}, gateway.AuthConfig{}, fleet.Single(p), zerolog.Nop())
+	gw, err := gateway.New(gateway.Config{}, gateway.ChatConfig{}, access.Config{}, fleet.Single(p), zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}

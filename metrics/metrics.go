@@ -16,6 +16,7 @@ import (
 
 	"github.com/vega-gateway/vega-gateway/cache"
 	"github.com/vega-gateway/vega-gateway/gateway"
+	"github.com/vega-gateway/vega-gateway/limits"
 	"github.com/vega-gateway/vega-gateway/pool"
 )
 
@@ -66,6 +67,7 @@ type Metrics struct {
 	pools     func() []pool.Snapshot
 	streams   func() int
 	cacheSnap func() cache.Snapshot // nil: no response cache
+	limits    *limits.Limiter // nil until RegisterLimits
 	reg       *prometheus.Registry
 	requests  *prometheus.CounterVec
 	duration  *prometheus.HistogramVec

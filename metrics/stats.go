@@ -42,6 +42,8 @@ type ResourceStats struct {
 	// hit rate, overall and by route and model, bytes held and evictions
 	// (null when cache.enabled is false).
 	Cache *cache.Snapshot `json:"cache"`
+	// Limits are the keys' use of their limits (null without a limiter).
+	Limits *LimitsStats `json:"limits"`
 }
 
 // Percentiles are estimates from histogram buckets, by linear
@@ -125,6 +127,9 @@ func (m *Metrics) Stats() ResourceStats {
 	if m.cacheSnap != nil {
 		cs := m.cacheSnap()
 		st.Cache = &cs
+	}
+	if m.limits != nil {
+		st.Limits = limitsStats(m.limits)
 	}
 	st.DurationMS = dur.percentiles()
 	st.TTFBMS = ttfb.percentiles()

@@ -112,6 +112,23 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if !(r.Method == http.MethodPost && strings.HasPrefix(r.URL.Path, "/api/blobs/")) {
 		x.body = s.readBody(x)
 	}
+	if origin := r.Header.Get("Origin"); origin != "" && origin != "http://"+r.Host && origin != "https://"+r.Host {
+		// Ollama's CORS middleware runs first (server/routes.go: gin-contrib/
+		// cors over envconfig.AllowedOrigins): an origin it does not know is
+		// refused with no body; a known one is answered, preflights at once.
+		if !allowedOrigin(origin) {
+			w.WriteHeader(http.StatusForbidden)
+			return
+		}
+		w.Header().Set("Access-Control-Allow-Origin", origin)
+		if r.Method == http.MethodOptions {
+			w.Header().Set("Access-Control-Allow-Methods", "GET,POST,PUT,PATCH,DELETE,HEAD,OPTIONS")
+			w.Header().Set("Access-Control-Allow-Headers", "Authorization,Content-Type,User-Agent,Accept,X-Requested-With")
+			w.Header().Set("Access-Control-Max-Age", "43200")
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+	}
 	if s.checkHost && !allowedHost(r.Host) {
 		w.WriteHeader(http.StatusForbidden) // gin's AbortWithStatus: no body
 		return
@@ -150,6 +167,26 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h(x)
+}
+
+// allowedOrigin mirrors Ollama's default OLLAMA_ORIGINS (envconfig.
+// AllowedOrigins): localhost, 127.0.0.1 and 0.0.0.0 over http or https on
+// any port, and the app://, file://, tauri://, vscode-webview:// and
+// vscode-file:// schemes.
+func allowedOrigin(origin string) bool {
+	for _, host := range []string{"localhost", "127.0.0.1", "0.0.0.0"} {
+		for _, scheme := range []string{"http://", "https://"} {
+			if origin == scheme+host || strings.HasPrefix(origin, scheme+host+":") {
+				return true
+			}
+		}
+	}
+	for _, scheme := range []string{"app://", "file://", "tauri://", "vscode-webview://", "vscode-file://"} {
+		if strings.HasPrefix(origin, scheme) {
+			return true
+		}
+	}
+	return false
 }
 
 // allowedHost mirrors Ollama's allowedHostsMiddleware on a loopback

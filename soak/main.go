@@ -23,6 +23,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
@@ -127,7 +128,7 @@ func start() (*env, error) {
 		return nil, err
 	}
 	log := zerolog.New(zerolog.SyncWriter(e.logFile)).Level(zerolog.InfoLevel).With().Timestamp().Logger()
-	e.gw, err = gateway.New(gateway.Config{}, gateway.ChatConfig{}, gateway.AuthConfig{}, fleet.Single(e.pool), log)
+	e.gw, err = gateway.New(gateway.Config{}, gateway.ChatConfig{}, access.Config{}, fleet.Single(e.pool), log)
 	if err != nil {
 		return nil, err
 	}

@@ -102,6 +102,9 @@ func TestChartRenders(t *testing.T) {
 				if _, ok := s.Data["VEGA_AUTH_KEYS"]; !ok {
 					t.Errorf("Secret has no VEGA_AUTH_KEYS with auth.keysJSON set")
 				}
+				if _, ok := s.Data["VEGA_AUTH_OLLAMA_KEYS"]; !ok {
+					t.Errorf("Secret has no VEGA_AUTH_OLLAMA_KEYS with auth.ollamaKeysJSON set")
+				}
 				h := must[*autoscalingv2.HorizontalPodAutoscaler](t, r)
 				if len(h.Spec.Metrics) != 2 {
 					t.Errorf("HPA has %d metrics, want cpu and memory", len(h.Spec.Metrics))
@@ -139,6 +142,8 @@ func TestChartRenders(t *testing.T) {
 			values: func(t *testing.T) map[string]any {
 				v := allOnValues(t)
 				v["auth"].(map[string]any)["existingSecret"] = secretNamed
+				// The Redis URL moves to a Secret of the user's too.
+				v["redis"] = map[string]any{"existingSecret": "vega-redis", "existingSecretKey": "url"}
 				return v
 			},
 			// The chart creates no Secret: the keys live in the user's.
@@ -189,6 +194,10 @@ func TestChartRefuses(t *testing.T) {
 		{"keys in the ConfigMap", map[string]any{"config": map[string]any{"auth": map[string]any{"api_keys": []any{strings.Repeat("k", 40)}}}}, "use auth.apiKeys"},
 		{"short key", map[string]any{"auth": map[string]any{"apiKeys": []any{short}}}, "auth.apiKeys[0]: a key must be at least 32 characters"},
 		{"comma in key", map[string]any{"auth": map[string]any{"adminApiKeys": []any{strings.Repeat("k", 40) + ",x"}}}, "auth.adminApiKeys[0]: a key must not contain a comma"},
+		{"redis URL in config", map[string]any{"config": map[string]any{"limits": map[string]any{"redis_url": "redis://r:6379/0"}}}, "config.limits.redis_url is set by the chart: use redis.url"},
+		{"redis URL and secret", map[string]any{"redis": map[string]any{"url": "redis://r:6379/0", "existingSecret": "r"}}, "redis.url and redis.existingSecret: set one"},
+		{"redis URL without the chart's Secret", map[string]any{"auth": map[string]any{"existingSecret": "k"}, "redis": map[string]any{"url": "redis://r:6379/0"}}, "set redis.existingSecret"},
+		{"not a redis URL", map[string]any{"redis": map[string]any{"url": "http://r:6379"}}, "redis/url"},
 		{"no drain", map[string]any{"lifecycle": map[string]any{"drainTimeoutSeconds": 0}}, "drainTimeoutSeconds must be at least 1"},
 		{"misspelt value", map[string]any{"autoscalling": map[string]any{"enabled": false}}, "autoscalling"},
 		{"wrong type", map[string]any{"ports": map[string]any{"http": "eighty"}}, "ports/http"},

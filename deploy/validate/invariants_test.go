@@ -178,6 +178,15 @@ func checkKeys(t *testing.T, r *rendered, c *corev1.Container, raw string, cfg m
 			fromSecret = append(fromSecret, e.Name)
 		}
 	}
+	for _, e := range c.Env {
+		// The Redis URL may hold a password: from a Secret only.
+		if e.Name == "VEGA_LIMITS_REDIS_URL" && (e.Value != "" || e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil) {
+			t.Errorf("env %s is not from a Secret", e.Name)
+		}
+	}
+	if _, ok := lookup(cfg, "limits.redis_url"); ok {
+		t.Errorf("config.yaml has limits.redis_url")
+	}
 	for _, want := range []string{"VEGA_AUTH_API_KEYS", "VEGA_AUTH_ADMIN_API_KEYS"} {
 		if !slices.Contains(fromSecret, want) {
 			t.Errorf("env %s is not taken from the Secret", want)

@@ -78,7 +78,9 @@ rather than silently overwritten, and so are keys, which belong in the Secret
       "log.dir" "logs.dir"
       "auth.api_keys" "auth.apiKeys"
       "auth.admin_api_keys" "auth.adminApiKeys"
-      "auth.keys" "auth.keysJSON" }}
+      "auth.keys" "auth.keysJSON"
+      "auth.ollama_keys" "auth.ollamaKeysJSON"
+      "limits.redis_url" "redis.url" }}
 {{- range $path, $use := $owned }}
 {{- $parts := splitList "." $path }}
 {{- $section := get $cfg (first $parts) }}
@@ -109,6 +111,12 @@ fails `helm install` instead of crash-looping pods: at least 32 characters
 comma-separated VEGA_AUTH_* variables.
 */}}
 {{- define "vega-gateway.checkKeys" -}}
+{{- if and .Values.redis.url .Values.redis.existingSecret }}
+{{- fail "redis.url and redis.existingSecret: set one" }}
+{{- end }}
+{{- if and .Values.redis.url .Values.auth.existingSecret }}
+{{- fail "redis.url needs the chart's Secret, which auth.existingSecret replaces: put the URL in a Secret and set redis.existingSecret" }}
+{{- end }}
 {{- range $field, $keys := dict "auth.apiKeys" .Values.auth.apiKeys "auth.adminApiKeys" .Values.auth.adminApiKeys }}
 {{- range $i, $k := $keys }}
 {{- if lt (len (toString $k)) 32 }}

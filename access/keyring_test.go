@@ -1,8 +1,11 @@
-package gateway
+package access
 
 import (
 	"fmt"
 	"testing"
+	"time"
+
+	"github.com/valyala/fasthttp"
 )
 
 // TestKeyLookupComparesEveryKey is B-35's structural test: find compares
@@ -42,4 +45,12 @@ func TestKeyLookupComparesEveryKey(t *testing.T) {
 			}
 		})
 	}
+}
+
+var timeZero time.Time
+
+func headerWith(name, value string) *fasthttp.RequestHeader {
+	var h fasthttp.RequestHeader
+	h.Set(name, value)
+	return &h
 }
