@@ -302,8 +302,12 @@ func TestLeaseExpiry(t *testing.T) {
 	}
 	start := time.Now()
 	for {
-		_, d := other.Admit(ip1, "dead")
-		_, b := other.AcquireBackend("gpu-a")
+		// Whatever one probe takes it gives back, so a slot freed before
+		// the other is not then held by the probe itself.
+		g, d := other.Admit(ip1, "dead")
+		l, b := other.AcquireBackend("gpu-a")
+		other.Done(&g, 0)
+		other.ReleaseBackend(&l)
 		if d.OK() && b.OK() {
 			break
 		}
