@@ -33,7 +33,7 @@ func serveCommand(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "config file (default ./config.yaml if present)")
-	demo := fs.Bool("demo", false, "start a built-in fake Ollama on a loopback port and use it as the upstream")
+	demo := fs.Bool("demo", false, "start three built-in fake Ollama servers (gpu-a, gpu-b, gpu-c) on loopback ports and use them as the upstreams")
 	logLevel := fs.String("log-level", "", "override log.level")
 	if err := fs.Parse(args); err != nil {
 		return 2
