@@ -1,6 +1,7 @@
 package access
 
 import (
+	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -50,9 +51,15 @@ func (c *Control) Check(h *fasthttp.RequestHeader, now time.Time) (Result, *Iden
 
 // Reload re-reads auth.keys_file and swaps the keyring at once: new
 // requests use the new keys, open streams are not touched. On error the
-// old keyring stays.
+// old keyring stays. A file that now holds no key is an error when the
+// gateway has keys: an empty keyring is an open gateway, and a file caught
+// half-written (an editor's truncate, a ConfigMap being swapped) must not
+// let everyone in. Opening a gateway takes a restart.
 func (c *Control) Reload() error {
 	kr, err := buildKeyring(c.cfg)
+	if err == nil && kr.Open() && !c.ring.Load().Open() {
+		err = fmt.Errorf("auth.keys_file %s holds no key: reloading it would open the gateway to everyone, so the previous keys stay (restart to run without keys)", c.cfg.KeysFile)
+	}
 	if err != nil {
 		c.reloadFailures.Add(1)
 		return err

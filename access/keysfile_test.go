@@ -87,4 +87,15 @@ func TestReloadKeepsKeysOnError(t *testing.T) {
 	if got := check("bob-0123456789abcdef0123456789abcdef"); got != OK || c.ReloadFailures() != 1 {
 		t.Fatalf("after a failed reload: %v, failures %d", got, c.ReloadFailures())
 	}
+	// A file caught empty (truncated, or swapped half-way) would be an open
+	// gateway: refused, whatever its form.
+	for i, empty := range []string{"", "[]\n", "{}\n", "keys: []\n"} {
+		write(empty)
+		if err := c.Reload(); err == nil {
+			t.Fatalf("%q: an empty keys file reloaded", empty)
+		}
+		if c.Open() || check("bob-0123456789abcdef0123456789abcdef") != OK || check("") == OK || c.ReloadFailures() != int64(2+i) {
+			t.Fatalf("%q: after refusing an empty file: open %v, failures %d", empty, c.Open(), c.ReloadFailures())
+		}
+	}
 }
