@@ -280,7 +280,8 @@ func TestDiscoveryResolverFailureCounted(t *testing.T) {
 }
 
 // TestDiscoveryStartsEmpty: until DNS names a backend the gateway is not
-// ready and every route answers 503 no_backend, fleet-wide ones included;
+// ready and every route answers 503 no_backend, fleet-wide ones (a blob
+// upload too) included;
 // then the first backend joins and serves.
 func TestDiscoveryStartsEmpty(t *testing.T) {
 	const name = "later.e2e.test"
@@ -302,6 +303,8 @@ func TestDiscoveryStartsEmpty(t *testing.T) {
 		{"GET", "/api/tags", ""},
 		{"POST", "/api/pull", `{"model":"llama3.2"}`},
 		{"GET", "/api/version", ""},
+		// A blob upload is answered before its body is read.
+		{"POST", "/api/blobs/sha256:" + strings.Repeat("ab", 32), strings.Repeat("x", 1<<20)},
 	} {
 		st, _, body := send(t, c.method, "http://"+r.data+c.path, c.body, nil)
 		if st != 503 || !strings.Contains(string(body), "no_backend") {

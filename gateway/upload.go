@@ -315,6 +315,12 @@ func (g *Gateway) uploadFleetWide(ctx *fasthttp.RequestCtx, x *exchange, u *uplo
 	for _, b := range g.fleet.Backends() {
 		f.calls = append(f.calls, &backendCall{b: b})
 	}
+	if len(f.calls) == 0 { // discovery has found none yet, or every one left
+		e, _ := fleetError(fleet.ErrNoBackend, "")
+		g.reject(ctx, x, e)
+		ctx.SetConnectionClose() // the body is still on the wire, unread
+		return
+	}
 	f.buildRequests(ctx, keyInAuthorization)
 	heads := make([]*fasthttp.Request, len(f.calls))
 	for i := range f.calls {
