@@ -38,9 +38,9 @@ type exchange struct {
 	scratch     []byte
 	// body holds the request body read whole (body.go); reused across
 	// requests while small.
-	body       []byte
-	model      string
-	keyName    string
+	body    []byte
+	model   string
+	keyName string
 	// authReason is why authentication failed (access.Status), for the log.
 	authReason string
 	// signedTS: the query's ts parameter belongs to an Ollama signed

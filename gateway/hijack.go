@@ -235,10 +235,15 @@ func (c *clientConn) SetReadDeadline(t time.Time) error {
 // UnsafeConn returns the socket, as fasthttp's own wrapper does.
 func (c *clientConn) UnsafeConn() net.Conn { return c.sock }
 
-// SyscallConn is the socket's: the client-gone check (clientgone.go) peeks
-// it for requests served on the connection after a stream.
+// SyscallConn is the socket's (under TLS, the one beneath it): the
+// client-gone check (clientgone.go) peeks it for requests served on the
+// connection after a stream.
 func (c *clientConn) SyscallConn() (syscall.RawConn, error) {
-	sc, ok := c.sock.(syscall.Conn)
+	sock := c.sock
+	if tc, ok := sock.(*tls.Conn); ok {
+		sock = tc.NetConn()
+	}
+	sc, ok := sock.(syscall.Conn)
 	if !ok {
 		return nil, errors.New("client connection is not a socket")
 	}
