@@ -37,8 +37,9 @@ type Config struct {
 	Headers map[string]string `mapstructure:"headers"`
 	// SampleRatio is the share of traces the gateway begins that are
 	// recorded; a request that continues a client's traceparent follows
-	// the client's sampled flag. Default 1; zero selects the default.
-	SampleRatio float64 `mapstructure:"sample_ratio"`
+	// the client's sampled flag. Default (nil) 1; 0 records only the
+	// traces clients sampled.
+	SampleRatio *float64 `mapstructure:"sample_ratio"`
 	// ServiceName is the service.name of every span. Default
 	// "vega-gateway"; OTEL_SERVICE_NAME overrides it.
 	ServiceName string `mapstructure:"service_name"`
@@ -62,8 +63,9 @@ func (c Config) enabled(getenv func(string) string) bool {
 }
 
 func (c Config) withDefaults() Config {
-	if c.SampleRatio == 0 {
-		c.SampleRatio = DefaultSampleRatio
+	if c.SampleRatio == nil {
+		r := DefaultSampleRatio
+		c.SampleRatio = &r
 	}
 	if c.ServiceName == "" {
 		c.ServiceName = DefaultServiceName
@@ -74,8 +76,8 @@ func (c Config) withDefaults() Config {
 // Validate checks the config as New would, naming the bad key.
 func (c Config) Validate() error {
 	c = c.withDefaults()
-	if c.SampleRatio < 0 || c.SampleRatio > 1 {
-		return fmt.Errorf("otel.sample_ratio: %v is not between 0 and 1", c.SampleRatio)
+	if r := *c.SampleRatio; r < 0 || r > 1 {
+		return fmt.Errorf("otel.sample_ratio: %v is not between 0 and 1", r)
 	}
 	if c.Endpoint != "" {
 		if _, err := tracesURL(c.Endpoint); err != nil {

@@ -73,7 +73,7 @@ func New(cfg Config, getenv func(string) string) (*Tracer, error) {
 			sdktrace.WithExportTimeout(ExportTimeout),
 		),
 		sdktrace.WithResource(res),
-		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(cfg.SampleRatio))),
+		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(*cfg.SampleRatio))),
 		sdktrace.WithIDGenerator(idGenerator{}),
 	)
 	return &Tracer{tp: tp, tracer: tp.Tracer("github.com/vega-gateway/vega-gateway")}, nil
