@@ -167,6 +167,7 @@ func (r *Resolver) fromSRV(ctx context.Context, srvs []srvRecord) ([]Endpoint, e
 	out := make([]Endpoint, 0, len(srvs))
 	for _, s := range srvs {
 		ips := s.addrs
+		sortIPs(ips) // the additional section's order is the server's
 		if len(ips) == 0 {
 			var err error
 			if ips, err = r.lookupIP(ctx, s.target); err != nil {
@@ -206,6 +207,14 @@ func (r *Resolver) lookupIP(ctx context.Context, host string) ([]net.IP, error) 
 	if len(ips) == 0 {
 		return nil, ErrEmpty
 	}
+	sortIPs(ips)
+	return ips, nil
+}
+
+// sortIPs orders addresses IPv4 first, each family by value, so a name's
+// first address is the same whatever order the server listed them in:
+// a backend's URL must not change from one lookup to the next.
+func sortIPs(ips []net.IP) {
 	slices.SortFunc(ips, func(a, b net.IP) int {
 		if a4, b4 := a.To4() != nil, b.To4() != nil; a4 != b4 {
 			if a4 {
@@ -215,7 +224,6 @@ func (r *Resolver) lookupIP(ctx context.Context, host string) ([]net.IP, error) 
 		}
 		return strings.Compare(string(a.To16()), string(b.To16()))
 	})
-	return ips, nil
 }
 
 // lookupSRV returns the SRV records of r.srv; none (and no error) when the

@@ -33,6 +33,10 @@ func TestLookup(t *testing.T) {
 	srv.SetA("ollama-srv.llm.svc", "127.0.0.9") // ignored while SRV records exist
 	srv.SetSRV("_http._tcp.two-ports.llm.svc", dnstest.SRV{Target: "pod.llm.svc", Port: 1}, dnstest.SRV{Target: "pod.llm.svc", Port: 2})
 	srv.SetA("pod.llm.svc", "127.0.0.6")
+	// A target with two addresses, listed in the additional section out of
+	// order: the backend's URL is the lowest, on every lookup.
+	srv.SetSRV("_http._tcp.multi.llm.svc", dnstest.SRV{Target: "multi-0.llm.svc", Port: 8000})
+	srv.SetA("multi-0.llm.svc", "127.0.0.12", "127.0.0.11")
 	for _, c := range []struct {
 		name, url, srv string
 		want           []Endpoint
@@ -43,6 +47,9 @@ func TestLookup(t *testing.T) {
 		}},
 		{"default port of https", "https://v6.llm.svc", "", []Endpoint{{"[fd00::9]:443", "https://[fd00::9]:443"}}},
 		{"IP literal", "http://127.0.0.7:8080", "", []Endpoint{{"127.0.0.7:8080", "http://127.0.0.7:8080"}}},
+		{"SRV target with two addresses", "http://multi.llm.svc:11434", "_http._tcp", []Endpoint{
+			{"multi-0.llm.svc", "http://127.0.0.11:8000"},
+		}},
 		{"SRV targets by name", "http://ollama-srv.llm.svc:11434", "_http._tcp", []Endpoint{
 			{"ollama-0.llm.svc", "http://127.0.0.4:8000"}, {"ollama-1.llm.svc", "http://127.0.0.5:8001"},
 		}},
