@@ -138,13 +138,21 @@ func (p *profiler) write(kind, stamp string, fill func(*os.File) error) error {
 	return nil
 }
 
-// prune removes all but the newest p.keep profiles of kind.
+// prune removes all but the newest p.keep profiles of kind, and the
+// temporaries of kind a process killed mid-profile left behind (none of
+// this process's is open: rounds write, then prune, one after the other).
 func (p *profiler) prune(kind string) error {
 	names, err := profileFiles(p.dir, kind)
 	if err != nil {
 		return err
 	}
+	stale, _ := filepath.Glob(filepath.Join(p.dir, "."+kind+"-*.tmp"))
 	var errs []error
+	for _, n := range stale {
+		if err := os.Remove(n); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
 	for _, n := range names[:max(0, len(names)-p.keep)] {
 		if err := os.Remove(filepath.Join(p.dir, n)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)

@@ -91,6 +91,12 @@ func testProfiler(t *testing.T, interval time.Duration, keep int) *profiler {
 
 func TestProfilerWritesAndPrunes(t *testing.T) {
 	p := testProfiler(t, time.Hour, 2)
+	// What a process killed during its CPU profile leaves: pruned too.
+	for _, n := range []string{".cpu-123.tmp", ".heap-456.tmp"} {
+		if err := os.WriteFile(filepath.Join(p.dir, n), []byte("partial"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	var written []string // the CPU profiles, oldest first
 	for i := range 4 {
 		if err := p.round(context.Background()); err != nil {
