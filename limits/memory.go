@@ -168,7 +168,11 @@ func (s *memStore) releaseBackend(name, _ string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if n := s.backends[name]; n != nil {
-		*n--
+		if *n--; *n <= 0 {
+			// Discovered backends come and go (pod IPs): an idle one
+			// takes no room.
+			delete(s.backends, name)
+		}
 	}
 	return nil
 }
