@@ -377,8 +377,13 @@ func (l *connLimitListener) Accept() (net.Conn, error) {
 			}
 			return newClientSock(c), nil
 		}
-		_ = c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-		_, _ = c.Write(connLimitResponse)
+		if g.tls == nil {
+			// Under TLS the client waits for a handshake: plain bytes
+			// would reach it as a protocol error, and a handshake here
+			// would hold up the accept loop, so the connection just closes.
+			_ = c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+			_, _ = c.Write(connLimitResponse)
+		}
 		_ = c.Close()
 		if now := time.Now().UnixNano(); now-l.lastWarn.Load() >= int64(time.Minute) {
 			l.lastWarn.Store(now)
