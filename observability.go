@@ -17,6 +17,7 @@ func newObservability(cfg metrics.Config, f *fleet.Fleet, gw *gateway.Gateway, s
 	if err != nil {
 		return nil, err
 	}
+	m.SetDeparted(f.Departed)
 	m.RegisterFleet(f.Snapshot)
 	m.SetStreamsSource(gw.Streams)
 	m.RegisterLimits(gw.Limiter())

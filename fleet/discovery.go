@@ -424,10 +424,34 @@ func (f *Fleet) drain(ctx context.Context, g *group, b *Backend) {
 // closeLocked stops b's prober and refresher, closes its pool and frees
 // its slot. Callers hold f.mu.
 func (f *Fleet) closeLocked(b *Backend) {
+	if b.state == stateDraining {
+		// It served: its counts stay in the fleet's totals (Departed).
+		st := b.Pool.Stats()
+		f.closedDisconnects.Add(st.ClientDisconnects.Load())
+		f.closedErrors.Add(st.Errors.Load())
+	}
 	b.state = stateClosed
 	if b.stop != nil {
 		b.stop()
 	}
 	b.Pool.Close()
 	f.freeSlot(b)
+}
+
+// Departed is what the backends no longer taking requests counted —
+// draining ones and those whose pools closed — of client disconnects and
+// upstream errors. Fleet-wide totals add it to the current backends', so
+// a counter never goes down when discovery removes a backend.
+func (f *Fleet) Departed() (clientDisconnects, errors int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	clientDisconnects, errors = f.closedDisconnects.Load(), f.closedErrors.Load()
+	for _, g := range f.groups {
+		for b := range g.draining {
+			st := b.Pool.Stats()
+			clientDisconnects += st.ClientDisconnects.Load()
+			errors += st.Errors.Load()
+		}
+	}
+	return clientDisconnects, errors
 }

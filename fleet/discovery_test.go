@@ -272,8 +272,18 @@ func TestDiscoveryRemovedDrains(t *testing.T) {
 		t.Fatalf("first frame: %v", err)
 	}
 
+	// What it counts stays in the fleet's totals while it drains and once
+	// it has closed: fleet-wide counters never go down.
+	gone.Pool.NoteClientDisconnect()
+	gone.Pool.Stats().Errors.Add(2)
+	if dis, errs := d.f.Departed(); dis != 0 || errs != 0 {
+		t.Fatalf("Departed before any backend left = %d, %d", dis, errs)
+	}
 	d.setA(ips[0])
 	d.wait(t, EventLeft, gone.Name)
+	if dis, errs := d.f.Departed(); dis != 1 || errs != 2 {
+		t.Errorf("Departed while draining = %d, %d; want 1, 2", dis, errs)
+	}
 	for range 200 {
 		b, _, err := d.f.Pick(Request{Model: "llama3.2", NeedModel: true, Inference: true})
 		if err != nil || b == gone {
@@ -315,6 +325,9 @@ func TestDiscoveryRemovedDrains(t *testing.T) {
 	d.wait(t, EventClosed, gone.Name)
 	if !gone.Pool.Closed() {
 		t.Error("pool of the drained backend not closed")
+	}
+	if dis, errs := d.f.Departed(); dis != 1 || errs < 2 {
+		t.Errorf("Departed once closed = %d, %d; want 1, ≥ 2", dis, errs)
 	}
 	if s := d.f.Snapshot().Discovery[0]; len(s.Draining) != 0 || !slices.Equal(s.Backends, []string{hostPort(ips[0], port)}) {
 		t.Errorf("after the drain: %+v", s)

@@ -56,6 +56,10 @@ type Fleet struct {
 	used uint64
 	// closed: Close was called; discovery adds nothing more.
 	closed bool
+	// closedDisconnects and closedErrors are the pool counters of
+	// backends whose pools closed, so fleet-wide totals never go down when
+	// a backend leaves (Departed).
+	closedDisconnects, closedErrors atomic.Int64
 	// rr is the round_robin policy's cursor.
 	rr atomic.Uint64
 	// noBackend counts picks that found no usable backend.

@@ -67,7 +67,10 @@ type Metrics struct {
 	pools     func() []pool.Snapshot
 	streams   func() int
 	cacheSnap func() cache.Snapshot // nil: no response cache
-	limits    *limits.Limiter // nil until RegisterLimits
+	limits    *limits.Limiter       // nil until RegisterLimits
+	// departed is what backends that left the fleet counted (SetDeparted).
+	departed  func() (clientDisconnects, errors int64)
+	poolColl  *poolCollector
 	reg       *prometheus.Registry
 	requests  *prometheus.CounterVec
 	duration  *prometheus.HistogramVec
@@ -153,6 +156,7 @@ func New(cfg Config, version string, pools func() []pool.Snapshot) (*Metrics, er
 		byModel: make(map[string]*modelSeries),
 	}
 	m.models.init(cfg.Models, cfg.MaxModels)
+	m.poolColl = &poolCollector{pools: pools}
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "vega_build_info", Help: "Always 1; the labels carry the build.",
 		ConstLabels: prometheus.Labels{"version": version, "go_version": runtime.Version()},
@@ -160,10 +164,20 @@ func New(cfg Config, version string, pools func() []pool.Snapshot) (*Metrics, er
 	buildInfo.Set(1)
 	m.reg.MustRegister(
 		m.requests, m.duration, m.ttfb, m.llmReqs, m.tokens, m.tps, m.ttft, m.load, m.coldLoads, m.done,
-		buildInfo, &poolCollector{pools: pools},
+		buildInfo, m.poolColl,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	return m, nil
+}
+
+// SetDeparted gives the counts of backends that left the fleet (DNS
+// discovery: draining or closed), which fleet-wide totals
+// (vega_client_disconnects_total, the stats' client_disconnects and
+// upstream_errors) add to the current pools', so they never go down. Call
+// it before serving.
+func (m *Metrics) SetDeparted(fn func() (clientDisconnects, errors int64)) {
+	m.departed = fn
+	m.poolColl.departed = fn
 }
 
 // Registry is the registry behind Handler, for callers that add their own

@@ -10,6 +10,8 @@ import (
 // /metrics and /admin/resources/pools read the same counters.
 type poolCollector struct {
 	pools func() []pool.Snapshot
+	// departed (nil: none) adds the counts of backends that left.
+	departed func() (clientDisconnects, errors int64)
 }
 
 var upstreamLabel = []string{"upstream"}
@@ -83,6 +85,10 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descFailures, float64(s.Health.ConsecutiveFailures))
 		gauge(descProbeLatency, s.Health.LastLatency.Seconds())
 		disconnects += s.ClientDisconnects
+	}
+	if c.departed != nil {
+		d, _ := c.departed()
+		disconnects += d
 	}
 	ch <- prometheus.MustNewConstMetric(descDisconnects, prometheus.CounterValue, float64(disconnects))
 }

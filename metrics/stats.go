@@ -133,6 +133,9 @@ func (m *Metrics) Stats() ResourceStats {
 	}
 	st.DurationMS = dur.percentiles()
 	st.TTFBMS = ttfb.percentiles()
+	if m.departed != nil {
+		st.ClientDisconnects, st.UpstreamErrors = m.departed()
+	}
 	for _, s := range m.pools() {
 		st.RequestsInFlight += s.RequestsInFlight
 		st.ClientDisconnects += s.ClientDisconnects
