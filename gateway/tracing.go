@@ -1,13 +1,13 @@
 package gateway
 
 import (
-	"bytes"
 	"encoding/json"
 	"net"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/tidwall/gjson"
 	"github.com/valyala/fasthttp"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -86,34 +86,23 @@ func (x *exchange) traceOptions(body []byte) {
 		return
 	}
 	o := &x.genOpts
-	decodeAfterKey(body, keyOptions, &o.Options)
-	decodeAfterKey(body, keyTemperature, &o.Temperature)
-	decodeAfterKey(body, keyMaxTokens, &o.MaxTokens)
-	decodeAfterKey(body, keySeed, &o.Seed)
+	decodeTopLevel(body, "options", &o.Options)
+	decodeTopLevel(body, "temperature", &o.Temperature)
+	decodeTopLevel(body, "max_tokens", &o.MaxTokens)
+	decodeTopLevel(body, "seed", &o.Seed)
 }
 
-var (
-	keyOptions     = []byte(`"options"`)
-	keyTemperature = []byte(`"temperature"`)
-	keyMaxTokens   = []byte(`"max_tokens"`)
-	keySeed        = []byte(`"seed"`)
-)
-
-// decodeAfterKey decodes into v the JSON value after the first `"key":` of
-// body, leaving v alone if there is none or it does not decode. In valid
-// JSON a quoted key followed by a colon is an object key: inside a string
-// its quotes would be escaped.
-func decodeAfterKey[T any](body, key []byte, v *T) {
-	i := bytes.Index(body, key)
-	if i < 0 {
-		return
-	}
-	rest := bytes.TrimLeft(body[i+len(key):], " \t\r\n")
-	if len(rest) == 0 || rest[0] != ':' {
+// decodeTopLevel decodes into v the value of the body object's top-level
+// key, leaving v alone if there is none or it does not decode. Only the top
+// level counts: a tool call's arguments or a format schema may hold keys
+// of the same names.
+func decodeTopLevel[T any](body []byte, key string, v *T) {
+	res := gjson.GetBytes(body, key)
+	if !res.Exists() {
 		return
 	}
 	var got T
-	if json.NewDecoder(bytes.NewReader(rest[1:])).Decode(&got) == nil {
+	if json.Unmarshal([]byte(res.Raw), &got) == nil {
 		*v = got
 	}
 }
@@ -256,7 +245,7 @@ func (x *exchange) genAIAttributes(a []attribute.KeyValue) []attribute.KeyValue 
 	if v := firstSet(o.Options.Temperature, o.Temperature); v != nil {
 		a = append(a, semconv.GenAIRequestTemperature(*v))
 	}
-	if v := firstSet(o.Options.NumPredict, o.MaxTokens); v != nil {
+	if v := firstSet(o.Options.NumPredict, o.MaxTokens); v != nil && *v >= 0 { // -1: until the context is full
 		a = append(a, semconv.GenAIRequestMaxTokens(int(*v)))
 	}
 	if v := firstSet(o.Options.Seed, o.Seed); v != nil {

@@ -5,7 +5,7 @@ import (
 	"testing"
 )
 
-func TestDecodeAfterKey(t *testing.T) {
+func TestDecodeTopLevel(t *testing.T) {
 	type opts = struct {
 		Temperature *float64 `json:"temperature"`
 		NumPredict  *int64   `json:"num_predict"`
@@ -38,17 +38,19 @@ func TestDecodeAfterKey(t *testing.T) {
 		{"not an object", `{"options":"fast"}`, ",,,"},
 		{"wrong type inside", `{"options":{"temperature":"hot","seed":3}}`, ",,,"},
 		{"key without colon", `{"x":"options"}`, ",,,"},
+		{"nested in a tool call or a schema", `{"messages":[{"tool_calls":[{"function":{"arguments":{"options":{"seed":25}}}}]}],"format":{"properties":{"options":{"type":"object"}}},"options":{"seed":5}}`, ",,5,"},
+		{"nested only", `{"messages":[{"content":"x","images":null,"options":{"seed":25}}]}`, ",,,"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var o opts
-			decodeAfterKey([]byte(tt.body), keyOptions, &o)
+			decodeTopLevel([]byte(tt.body), "options", &o)
 			if got := show(o); got != tt.want {
 				t.Fatalf("got %s, want %s", got, tt.want)
 			}
 		})
 	}
 	var mt *int64
-	decodeAfterKey([]byte(`{"model":"m","max_tokens": 128,"messages":[]}`), keyMaxTokens, &mt)
+	decodeTopLevel([]byte(`{"model":"m","messages":[{"max_tokens":7}],"max_tokens": 128}`), "max_tokens", &mt)
 	if mt == nil || *mt != 128 {
 		t.Fatalf("max_tokens: got %v, want 128", mt)
 	}
