@@ -69,7 +69,7 @@ func parseEmbed(route string, body []byte) (embedRequest, bool) {
 		return r, false
 	}
 	for k := range r.body {
-		if hasUpper(k) { // see foldedKeys; options go into the key as sent
+		if hasUpper(k) { // see plainKeys; options go into the key as sent
 			return r, false
 		}
 	}

@@ -483,3 +483,49 @@ func TestCacheFleetDigests(t *testing.T) {
 	step("miss")
 	step("hit")
 }
+
+// TestCacheKeyTricks: a body whose decoded form (the cache key) says less
+// than its bytes (what Ollama reads) is never cached, under cache.scope
+// global where a poisoned entry would reach every key: a repeated key
+// (Ollama reads a later null as "no change", the decoded map as absent), at
+// any depth, and a key Ollama folds onto another (ſ is s, the Kelvin sign
+// is k). Each trick is bypassed, stores nothing (the plain request after it
+// misses), and is not served the plain request's answer after it.
+func TestCacheKeyTricks(t *testing.T) {
+	e := startCacheEnv(t, cache.Config{Scope: cache.ScopeGlobal}, access.Config{})
+	const gen = `{"model":"llama3.2","prompt":"%s","stream":false,%s"options":{"temperature":0,"seed":1%s}}`
+	const oai = `{"model":"llama3.2","messages":[{"role":"user","content":"%s"}],%s"temperature":0,"seed":1}`
+	for _, tc := range []struct {
+		name, path, plain, trick string
+	}{
+		{"system then null", "/api/generate", fmt.Sprintf(gen, "p1", "", ""), fmt.Sprintf(gen, "p1", `"system":"talk like a pirate","system":null,`, "")},
+		{"template then null", "/api/generate", fmt.Sprintf(gen, "p2", "", ""), fmt.Sprintf(gen, "p2", `"template":"{{ .Prompt }} arr","template":null,`, "")},
+		{"suffix then null", "/api/generate", fmt.Sprintf(gen, "p3", "", ""), fmt.Sprintf(gen, "p3", `"suffix":" matey","suffix":null,`, "")},
+		{"raw then null", "/api/generate", fmt.Sprintf(gen, "p4", "", ""), fmt.Sprintf(gen, "p4", `"raw":true,"raw":null,`, "")},
+		{"nested repeat", "/api/generate", fmt.Sprintf(gen, "p5", "", ""), fmt.Sprintf(gen, "p5", "", `,"num_predict":3,"num_predict":null`)},
+		{"escaped repeat", "/api/generate", fmt.Sprintf(gen, "p6", "", ""), fmt.Sprintf(gen, "p6", `"system":"pirate","\u0073ystem":null,`, "")},
+		{"long s key", "/api/generate", fmt.Sprintf(gen, "p7", "", ""), fmt.Sprintf(gen, "p7", `"optionſ":{"temperature":0.9},`, "")},
+		{"kelvin key", "/api/generate", fmt.Sprintf(gen, "p8", "", ""), fmt.Sprintf(gen, "p8", "", `,"top_\u212a":1`)},
+		{"openai stream then null", "/v1/chat/completions", fmt.Sprintf(oai, "p9", ""), fmt.Sprintf(oai, "p9", `"stream":true,"stream":null,`)},
+		{"chat message repeat", "/api/chat", `{"model":"llama3.2","stream":false,"messages":[{"role":"user","content":"p10"}],"options":{"temperature":0,"seed":1}}`,
+			`{"model":"llama3.2","stream":false,"messages":[{"role":"user","content":"arr","content":"p10"}],"options":{"temperature":0,"seed":1}}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for i, step := range []struct{ body, want string }{
+				{tc.trick, "bypass"}, {tc.plain, "miss"}, {tc.plain, "hit"}, {tc.trick, "bypass"},
+			} {
+				before := e.reached(tc.path)
+				st, h, body := e.do("POST", tc.path, step.body, nil)
+				if st != 200 || h.Get(gateway.HeaderCache) != step.want {
+					t.Fatalf("step %d: %d %q (%s), want 200 %s", i, st, h.Get(gateway.HeaderCache), body, step.want)
+				}
+				if reached := e.reached(tc.path) > before; reached != (step.want != "hit") {
+					t.Fatalf("step %d: reached the fake %v", i, reached)
+				}
+			}
+		})
+	}
+	if s := e.cache.Snapshot(); s.Bypasses != 20 || s.Misses != 10 || s.Hits != 10 {
+		t.Errorf("snapshot %+v: want 20 bypasses, 10 misses, 10 hits", s)
+	}
+}
