@@ -529,3 +529,51 @@ func TestCacheKeyTricks(t *testing.T) {
 		t.Errorf("snapshot %+v: want 20 bypasses, 10 misses, 10 hits", s)
 	}
 }
+
+// TestCachePinCheckedFirst: X-Vega-Backend is judged before the cache can
+// answer: a key without models:manage gets 403 and an unknown backend 400,
+// even for a request the cache holds, on a pass-through completion, an
+// embedding and /chat.
+func TestCachePinCheckedFirst(t *testing.T) {
+	const manage, infer = "manage-key-0123456789abcdef0123456789", "infer-key-0123456789abcdef01234567890"
+	e := startRoutingEnv(t, routingOptions{
+		models: [][]string{{"llama3.2", "nomic-embed-text"}, {"llama3.2", "nomic-embed-text"}},
+		cache:  &cache.Config{Enabled: true, Scope: cache.ScopeGlobal},
+		auth: access.Config{Keys: []access.KeyConfig{
+			{Name: "ops", Key: manage, Scopes: []string{access.ScopeModelsManage, access.ScopeInference, access.ScopeModelsRead}},
+			{Name: "app", Key: infer},
+		}},
+	})
+	waitFor(t, 5*time.Second, "the digests", func() bool {
+		_, a := e.fleet.Digest("llama3.2")
+		_, b := e.fleet.Digest("nomic-embed-text")
+		return a && b
+	})
+	for _, tc := range []struct{ path, body string }{
+		{"/api/generate", `{"model":"llama3.2","prompt":"pin","stream":false,"options":{"temperature":0,"seed":1}}`},
+		{"/api/embed", `{"model":"nomic-embed-text","input":["pin"]}`},
+		{"/chat", `{"model":"llama3.2","prompt":"pin","options":{"temperature":0,"seed":1}}`},
+	} {
+		t.Run(tc.path, func(t *testing.T) {
+			for i, step := range []struct {
+				key, pin, cache string
+				want            int
+			}{
+				{infer, "", "miss", 200},
+				{infer, "", "hit", 200},
+				{infer, "gpu-b", "", 403},
+				{manage, "gpu-z", "", 400},
+				{manage, "gpu-b", "hit", 200},
+			} {
+				hdr := map[string]string{"Authorization": "Bearer " + step.key}
+				if step.pin != "" {
+					hdr[gateway.HeaderBackend] = step.pin
+				}
+				st, h, body := e.do("POST", tc.path, tc.body, hdr)
+				if st != step.want || h.Get(gateway.HeaderCache) != step.cache {
+					t.Fatalf("step %d: %d %q (%s), want %d %q", i, st, h.Get(gateway.HeaderCache), body, step.want, step.cache)
+				}
+			}
+		})
+	}
+}
