@@ -297,12 +297,21 @@ func parseEmbedAnswer(route string, body []byte, a *embedAnswer) bool {
 		}
 		a.vectors = make([][]byte, len(r.Data))
 		for _, d := range r.Data {
-			if d.Index < 0 || d.Index >= len(r.Data) || d.Embedding == nil {
+			// Each index once: a repeated one would leave another's
+			// vector unset.
+			if d.Index < 0 || d.Index >= len(r.Data) || a.vectors[d.Index] != nil {
 				return false
 			}
 			a.vectors[d.Index] = d.Embedding
 		}
 		a.promptTokens = r.Usage.PromptTokens
+	}
+	// Every vector is a JSON array: it is written into the client's
+	// answer and stored as it came.
+	for _, v := range a.vectors {
+		if len(v) == 0 || v[0] != '[' {
+			return false
+		}
 	}
 	return true
 }

@@ -577,3 +577,26 @@ func TestCachePinCheckedFirst(t *testing.T) {
 		})
 	}
 }
+
+// TestCacheEmbedBadUpstreamReply: an embedding reply that does not give
+// each input exactly one vector (two /v1/embeddings entries claiming the
+// same index, which left a hole) is a 502, not cached; the same request
+// then misses and gets a whole answer.
+func TestCacheEmbedBadUpstreamReply(t *testing.T) {
+	e := startCacheEnv(t, cache.Config{}, access.Config{})
+	const body = `{"model":"nomic-embed-text","input":["d1","d2"]}`
+	st, _, b := e.do("POST", "/v1/embeddings", body, map[string]string{ollamatest.FaultHeader: "raw=embed_duplicate_index"})
+	if code, _ := decodeJSON(t, b)["error"].(map[string]any)["code"].(string); st != 502 || code != "upstream_protocol_error" {
+		t.Fatalf("duplicate index: %d %s, want 502 upstream_protocol_error", st, b)
+	}
+	st, h, b := e.do("POST", "/v1/embeddings", body, nil)
+	var list struct {
+		Data []struct {
+			Embedding []float32 `json:"embedding"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(b, &list); err != nil || st != 200 || h.Get(gateway.HeaderCache) != "miss" || len(list.Data) != 2 {
+		t.Fatalf("after: %d %q %s (%v), want 200 miss with two vectors", st, h.Get(gateway.HeaderCache), b, err)
+	}
+	wantVectors(t, []string{"d1", "d2"}, [][]float32{list.Data[0].Embedding, list.Data[1].Embedding})
+}
