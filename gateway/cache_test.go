@@ -585,11 +585,11 @@ func TestCachePinCheckedFirst(t *testing.T) {
 func TestCacheEmbedBadUpstreamReply(t *testing.T) {
 	e := startCacheEnv(t, cache.Config{}, access.Config{})
 	const body = `{"model":"nomic-embed-text","input":["d1","d2"]}`
-	st, _, b := e.do("POST", "/v1/embeddings", body, map[string]string{ollamatest.FaultHeader: "raw=embed_duplicate_index"})
-	if code, _ := decodeJSON(t, b)["error"].(map[string]any)["code"].(string); st != 502 || code != "upstream_protocol_error" {
-		t.Fatalf("duplicate index: %d %s, want 502 upstream_protocol_error", st, b)
+	st, h, b := e.do("POST", "/v1/embeddings", body, map[string]string{ollamatest.FaultHeader: "raw=embed_duplicate_index"})
+	if code, _ := decodeJSON(t, b)["error"].(map[string]any)["code"].(string); st != 502 || code != "upstream_protocol_error" || h.Get(gateway.HeaderCache) != "miss" {
+		t.Fatalf("duplicate index: %d %q %s, want 502 upstream_protocol_error, miss", st, h.Get(gateway.HeaderCache), b)
 	}
-	st, h, b := e.do("POST", "/v1/embeddings", body, nil)
+	st, h, b = e.do("POST", "/v1/embeddings", body, nil)
 	var list struct {
 		Data []struct {
 			Embedding []float32 `json:"embedding"`
@@ -599,4 +599,48 @@ func TestCacheEmbedBadUpstreamReply(t *testing.T) {
 		t.Fatalf("after: %d %q %s (%v), want 200 miss with two vectors", st, h.Get(gateway.HeaderCache), b, err)
 	}
 	wantVectors(t, []string{"d1", "d2"}, [][]float32{list.Data[0].Embedding, list.Data[1].Embedding})
+}
+
+// TestCacheEmbedCountsServed: a batch's cached inputs count as hits only
+// when the answer is served; the inputs sent upstream count as misses
+// whatever it answers, and every reply — the upstream's refusal, a
+// gateway error — says miss, as the access line does.
+func TestCacheEmbedCountsServed(t *testing.T) {
+	e := startCacheEnv(t, cache.Config{}, access.Config{})
+	if st, h, b := e.do("POST", "/api/embed", `{"model":"nomic-embed-text","input":["c1"]}`, nil); st != 200 || h.Get(gateway.HeaderCache) != "miss" {
+		t.Fatalf("priming: %d %q %s", st, h.Get(gateway.HeaderCache), b)
+	}
+	const batch = `{"model":"nomic-embed-text","input":["c1","c2"]}`
+	for _, tc := range []struct {
+		name, fault, want string
+		status            int
+		hits, misses      int64 // after the step
+	}{
+		{"upstream refuses", "fail_status=500", "miss", 500, 0, 2},
+		{"upstream breaks", "raw=short_body", "miss", 502, 0, 3},
+		{"served", "", "miss", 200, 1, 4},
+		{"all cached", "", "hit", 200, 3, 4},
+	} {
+		hdr := map[string]string{}
+		if tc.fault != "" {
+			hdr[ollamatest.FaultHeader] = tc.fault
+		}
+		st, h, b := e.do("POST", "/api/embed", batch, hdr)
+		if st != tc.status || h.Get(gateway.HeaderCache) != tc.want {
+			t.Fatalf("%s: %d %q %s, want %d %s", tc.name, st, h.Get(gateway.HeaderCache), b, tc.status, tc.want)
+		}
+		var line map[string]any
+		waitFor(t, 2*time.Second, "the access line", func() bool {
+			if ls := e.logs.accessLines(t, h.Get("X-Correlation-ID")); len(ls) == 1 {
+				line = ls[0]
+			}
+			return line != nil
+		})
+		if line["cache"] != tc.want {
+			t.Errorf("%s: access line cache %v, want %s", tc.name, line["cache"], tc.want)
+		}
+		if s := e.cache.Snapshot(); s.Hits != tc.hits || s.Misses != tc.misses {
+			t.Errorf("%s: %d hits, %d misses, want %d, %d", tc.name, s.Hits, s.Misses, tc.hits, tc.misses)
+		}
+	}
 }
