@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"io"
 	"strings"
 
 	"github.com/valyala/fasthttp"
@@ -58,27 +59,80 @@ func decodeBody(body []byte) (map[string]any, bool) {
 	return m, true
 }
 
-// foldedKeys reports whether v holds an object key with an upper-case
-// letter. Ollama reads keys case-insensitively, the later spelling
-// winning ("options" then "Options"), which a sorted map cannot tell
-// apart: two such bodies could share a key yet mean different requests,
-// so they are not cached. Ollama's own fields are all lower case.
-func foldedKeys(v any) bool {
-	switch v := v.(type) {
-	case map[string]any:
-		for k, e := range v {
-			if hasUpper(k) || foldedKeys(e) {
-				return true
-			}
+// plainKeys reports whether every object key in body, at any depth, is
+// written once and in lower-case ASCII. The key is built from the body
+// decoded into a map, but the bytes that go upstream are the body as sent,
+// and Ollama reads them differently: a repeated key keeps its last value
+// in the map, while Ollama reads a later null on a string, bool or number
+// field as "no change" (so `"system":"x","system":null` keeps "x", yet
+// decodes as no system at all); and Ollama matches keys case-insensitively
+// with Unicode folding (ſ is s, the Kelvin sign is k), the later spelling
+// winning. Such a body could share a key with a plain request yet mean
+// another, so it is not cached. Ollama's own fields are all lower-case
+// ASCII. One token pass, without decoding values into a tree.
+func plainKeys(body []byte) bool {
+	type frame struct {
+		object, wantKey bool
+		seen            map[string]struct{}
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	var stack []frame
+	for {
+		tok, err := dec.Token()
+		if err == io.EOF {
+			return len(stack) == 0
 		}
-	case []any:
-		for _, e := range v {
-			if foldedKeys(e) {
-				return true
+		if err != nil {
+			return false
+		}
+		var top *frame
+		if len(stack) > 0 {
+			top = &stack[len(stack)-1]
+		}
+		if top != nil && top.object && top.wantKey {
+			if d, ok := tok.(json.Delim); ok && d == '}' {
+				stack = stack[:len(stack)-1]
+				continue
+			}
+			k, ok := tok.(string)
+			if !ok || !lowerASCII(k) {
+				return false
+			}
+			if _, dup := top.seen[k]; dup {
+				return false
+			}
+			if top.seen == nil {
+				top.seen = make(map[string]struct{}, 8)
+			}
+			top.seen[k] = struct{}{}
+			top.wantKey = false
+			continue
+		}
+		if top != nil && top.object {
+			top.wantKey = true // this token is the key's value (or opens it)
+		}
+		if d, ok := tok.(json.Delim); ok {
+			switch d {
+			case '{':
+				stack = append(stack, frame{object: true, wantKey: true})
+			case '[':
+				stack = append(stack, frame{})
+			case ']':
+				stack = stack[:len(stack)-1]
 			}
 		}
 	}
-	return false
+}
+
+// lowerASCII: no byte outside ASCII, no upper-case letter.
+func lowerASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 || 'A' <= s[i] && s[i] <= 'Z' {
+			return false
+		}
+	}
+	return true
 }
 
 func hasUpper(s string) bool {
@@ -154,7 +208,8 @@ func (g *Gateway) lookupCompletion(ctx *fasthttp.RequestCtx, x *exchange, body [
 		return false
 	}
 	m, ok := decodeBody(body)
-	if !ok || foldedKeys(m) || (ask != "use" && !deterministic(m, completionRoutes[x.route.name].native)) {
+	// plainKeys last: a sampled request (most traffic) skips its pass.
+	if !ok || (ask != "use" && !deterministic(m, completionRoutes[x.route.name].native)) || !plainKeys(body) {
 		g.bypassCache(ctx, x, 1)
 		return false
 	}

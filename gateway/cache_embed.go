@@ -69,7 +69,7 @@ func parseEmbed(route string, body []byte) (embedRequest, bool) {
 		return r, false
 	}
 	for k := range r.body {
-		if hasUpper(k) { // see foldedKeys; options go into the key as sent
+		if hasUpper(k) { // see plainKeys; options go into the key as sent
 			return r, false
 		}
 	}
@@ -147,11 +147,12 @@ func (g *Gateway) serveEmbed(ctx *fasthttp.RequestCtx, x *exchange, keyInAuthori
 			missing = append(missing, i)
 		}
 	}
-	g.cache.Note(x.route.name, x.model, cache.Hit, len(r.inputs)-len(missing))
-	g.cache.Note(x.route.name, x.model, cache.Miss, len(missing))
 	var up embedAnswer
 	if len(missing) > 0 {
+		// Set now, so that an upstream failure or refusal carries the
+		// header the access line reports.
 		x.cacheState = cache.Miss.String()
+		ctx.Response.Header.Set(HeaderCache, x.cacheState)
 		if hasKeepAlive {
 			r.body["keep_alive"] = keepAlive
 		}
@@ -172,6 +173,9 @@ func (g *Gateway) serveEmbed(ctx *fasthttp.RequestCtx, x *exchange, keyInAuthori
 		}
 		var done bool
 		up, done = g.embedUpstream(ctx, x, upBody, keyInAuthorization, len(missing))
+		// The inputs sent upstream missed whatever it answered; the cached
+		// ones are hits only once they are served.
+		g.cache.Note(x.route.name, x.model, cache.Miss, len(missing))
 		if done {
 			return true
 		}
@@ -183,6 +187,7 @@ func (g *Gateway) serveEmbed(ctx *fasthttp.RequestCtx, x *exchange, keyInAuthori
 	} else {
 		x.cacheState = cache.Hit.String()
 	}
+	g.cache.Note(x.route.name, x.model, cache.Hit, len(r.inputs)-len(missing))
 	x.promptTokens = up.promptTokens
 	ctx.SetStatusCode(fasthttp.StatusOK)
 	ctx.Response.Header.SetContentType(contentTypeJSON)
@@ -297,12 +302,21 @@ func parseEmbedAnswer(route string, body []byte, a *embedAnswer) bool {
 		}
 		a.vectors = make([][]byte, len(r.Data))
 		for _, d := range r.Data {
-			if d.Index < 0 || d.Index >= len(r.Data) || d.Embedding == nil {
+			// Each index once: a repeated one would leave another's
+			// vector unset.
+			if d.Index < 0 || d.Index >= len(r.Data) || a.vectors[d.Index] != nil {
 				return false
 			}
 			a.vectors[d.Index] = d.Embedding
 		}
 		a.promptTokens = r.Usage.PromptTokens
+	}
+	// Every vector is a JSON array: it is written into the client's
+	// answer and stored as it came.
+	for _, v := range a.vectors {
+		if len(v) == 0 || v[0] != '[' {
+			return false
+		}
 	}
 	return true
 }

@@ -483,3 +483,164 @@ func TestCacheFleetDigests(t *testing.T) {
 	step("miss")
 	step("hit")
 }
+
+// TestCacheKeyTricks: a body whose decoded form (the cache key) says less
+// than its bytes (what Ollama reads) is never cached, under cache.scope
+// global where a poisoned entry would reach every key: a repeated key
+// (Ollama reads a later null as "no change", the decoded map as absent), at
+// any depth, and a key Ollama folds onto another (ſ is s, the Kelvin sign
+// is k). Each trick is bypassed, stores nothing (the plain request after it
+// misses), and is not served the plain request's answer after it.
+func TestCacheKeyTricks(t *testing.T) {
+	e := startCacheEnv(t, cache.Config{Scope: cache.ScopeGlobal}, access.Config{})
+	const gen = `{"model":"llama3.2","prompt":"%s","stream":false,%s"options":{"temperature":0,"seed":1%s}}`
+	const oai = `{"model":"llama3.2","messages":[{"role":"user","content":"%s"}],%s"temperature":0,"seed":1}`
+	for _, tc := range []struct {
+		name, path, plain, trick string
+	}{
+		{"system then null", "/api/generate", fmt.Sprintf(gen, "p1", "", ""), fmt.Sprintf(gen, "p1", `"system":"talk like a pirate","system":null,`, "")},
+		{"template then null", "/api/generate", fmt.Sprintf(gen, "p2", "", ""), fmt.Sprintf(gen, "p2", `"template":"{{ .Prompt }} arr","template":null,`, "")},
+		{"suffix then null", "/api/generate", fmt.Sprintf(gen, "p3", "", ""), fmt.Sprintf(gen, "p3", `"suffix":" matey","suffix":null,`, "")},
+		{"raw then null", "/api/generate", fmt.Sprintf(gen, "p4", "", ""), fmt.Sprintf(gen, "p4", `"raw":true,"raw":null,`, "")},
+		{"nested repeat", "/api/generate", fmt.Sprintf(gen, "p5", "", ""), fmt.Sprintf(gen, "p5", "", `,"num_predict":3,"num_predict":null`)},
+		{"escaped repeat", "/api/generate", fmt.Sprintf(gen, "p6", "", ""), fmt.Sprintf(gen, "p6", `"system":"pirate","\u0073ystem":null,`, "")},
+		{"long s key", "/api/generate", fmt.Sprintf(gen, "p7", "", ""), fmt.Sprintf(gen, "p7", `"optionſ":{"temperature":0.9},`, "")},
+		{"kelvin key", "/api/generate", fmt.Sprintf(gen, "p8", "", ""), fmt.Sprintf(gen, "p8", "", `,"top_\u212a":1`)},
+		{"openai stream then null", "/v1/chat/completions", fmt.Sprintf(oai, "p9", ""), fmt.Sprintf(oai, "p9", `"stream":true,"stream":null,`)},
+		{"chat message repeat", "/api/chat", `{"model":"llama3.2","stream":false,"messages":[{"role":"user","content":"p10"}],"options":{"temperature":0,"seed":1}}`,
+			`{"model":"llama3.2","stream":false,"messages":[{"role":"user","content":"arr","content":"p10"}],"options":{"temperature":0,"seed":1}}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for i, step := range []struct{ body, want string }{
+				{tc.trick, "bypass"}, {tc.plain, "miss"}, {tc.plain, "hit"}, {tc.trick, "bypass"},
+			} {
+				before := e.reached(tc.path)
+				st, h, body := e.do("POST", tc.path, step.body, nil)
+				if st != 200 || h.Get(gateway.HeaderCache) != step.want {
+					t.Fatalf("step %d: %d %q (%s), want 200 %s", i, st, h.Get(gateway.HeaderCache), body, step.want)
+				}
+				if reached := e.reached(tc.path) > before; reached != (step.want != "hit") {
+					t.Fatalf("step %d: reached the fake %v", i, reached)
+				}
+			}
+		})
+	}
+	if s := e.cache.Snapshot(); s.Bypasses != 20 || s.Misses != 10 || s.Hits != 10 {
+		t.Errorf("snapshot %+v: want 20 bypasses, 10 misses, 10 hits", s)
+	}
+}
+
+// TestCachePinCheckedFirst: X-Vega-Backend is judged before the cache can
+// answer: a key without models:manage gets 403 and an unknown backend 400,
+// even for a request the cache holds, on a pass-through completion, an
+// embedding and /chat.
+func TestCachePinCheckedFirst(t *testing.T) {
+	const manage, infer = "manage-key-0123456789abcdef0123456789", "infer-key-0123456789abcdef01234567890"
+	e := startRoutingEnv(t, routingOptions{
+		models: [][]string{{"llama3.2", "nomic-embed-text"}, {"llama3.2", "nomic-embed-text"}},
+		cache:  &cache.Config{Enabled: true, Scope: cache.ScopeGlobal},
+		auth: access.Config{Keys: []access.KeyConfig{
+			{Name: "ops", Key: manage, Scopes: []string{access.ScopeModelsManage, access.ScopeInference, access.ScopeModelsRead}},
+			{Name: "app", Key: infer},
+		}},
+	})
+	waitFor(t, 5*time.Second, "the digests", func() bool {
+		_, a := e.fleet.Digest("llama3.2")
+		_, b := e.fleet.Digest("nomic-embed-text")
+		return a && b
+	})
+	for _, tc := range []struct{ path, body string }{
+		{"/api/generate", `{"model":"llama3.2","prompt":"pin","stream":false,"options":{"temperature":0,"seed":1}}`},
+		{"/api/embed", `{"model":"nomic-embed-text","input":["pin"]}`},
+		{"/chat", `{"model":"llama3.2","prompt":"pin","options":{"temperature":0,"seed":1}}`},
+	} {
+		t.Run(tc.path, func(t *testing.T) {
+			for i, step := range []struct {
+				key, pin, cache string
+				want            int
+			}{
+				{infer, "", "miss", 200},
+				{infer, "", "hit", 200},
+				{infer, "gpu-b", "", 403},
+				{manage, "gpu-z", "", 400},
+				{manage, "gpu-b", "hit", 200},
+			} {
+				hdr := map[string]string{"Authorization": "Bearer " + step.key}
+				if step.pin != "" {
+					hdr[gateway.HeaderBackend] = step.pin
+				}
+				st, h, body := e.do("POST", tc.path, tc.body, hdr)
+				if st != step.want || h.Get(gateway.HeaderCache) != step.cache {
+					t.Fatalf("step %d: %d %q (%s), want %d %q", i, st, h.Get(gateway.HeaderCache), body, step.want, step.cache)
+				}
+			}
+		})
+	}
+}
+
+// TestCacheEmbedBadUpstreamReply: an embedding reply that does not give
+// each input exactly one vector (two /v1/embeddings entries claiming the
+// same index, which left a hole) is a 502, not cached; the same request
+// then misses and gets a whole answer.
+func TestCacheEmbedBadUpstreamReply(t *testing.T) {
+	e := startCacheEnv(t, cache.Config{}, access.Config{})
+	const body = `{"model":"nomic-embed-text","input":["d1","d2"]}`
+	st, h, b := e.do("POST", "/v1/embeddings", body, map[string]string{ollamatest.FaultHeader: "raw=embed_duplicate_index"})
+	if code, _ := decodeJSON(t, b)["error"].(map[string]any)["code"].(string); st != 502 || code != "upstream_protocol_error" || h.Get(gateway.HeaderCache) != "miss" {
+		t.Fatalf("duplicate index: %d %q %s, want 502 upstream_protocol_error, miss", st, h.Get(gateway.HeaderCache), b)
+	}
+	st, h, b = e.do("POST", "/v1/embeddings", body, nil)
+	var list struct {
+		Data []struct {
+			Embedding []float32 `json:"embedding"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(b, &list); err != nil || st != 200 || h.Get(gateway.HeaderCache) != "miss" || len(list.Data) != 2 {
+		t.Fatalf("after: %d %q %s (%v), want 200 miss with two vectors", st, h.Get(gateway.HeaderCache), b, err)
+	}
+	wantVectors(t, []string{"d1", "d2"}, [][]float32{list.Data[0].Embedding, list.Data[1].Embedding})
+}
+
+// TestCacheEmbedCountsServed: a batch's cached inputs count as hits only
+// when the answer is served; the inputs sent upstream count as misses
+// whatever it answers, and every reply — the upstream's refusal, a
+// gateway error — says miss, as the access line does.
+func TestCacheEmbedCountsServed(t *testing.T) {
+	e := startCacheEnv(t, cache.Config{}, access.Config{})
+	if st, h, b := e.do("POST", "/api/embed", `{"model":"nomic-embed-text","input":["c1"]}`, nil); st != 200 || h.Get(gateway.HeaderCache) != "miss" {
+		t.Fatalf("priming: %d %q %s", st, h.Get(gateway.HeaderCache), b)
+	}
+	const batch = `{"model":"nomic-embed-text","input":["c1","c2"]}`
+	for _, tc := range []struct {
+		name, fault, want string
+		status            int
+		hits, misses      int64 // after the step
+	}{
+		{"upstream refuses", "fail_status=500", "miss", 500, 0, 2},
+		{"upstream breaks", "raw=short_body", "miss", 502, 0, 3},
+		{"served", "", "miss", 200, 1, 4},
+		{"all cached", "", "hit", 200, 3, 4},
+	} {
+		hdr := map[string]string{}
+		if tc.fault != "" {
+			hdr[ollamatest.FaultHeader] = tc.fault
+		}
+		st, h, b := e.do("POST", "/api/embed", batch, hdr)
+		if st != tc.status || h.Get(gateway.HeaderCache) != tc.want {
+			t.Fatalf("%s: %d %q %s, want %d %s", tc.name, st, h.Get(gateway.HeaderCache), b, tc.status, tc.want)
+		}
+		var line map[string]any
+		waitFor(t, 2*time.Second, "the access line", func() bool {
+			if ls := e.logs.accessLines(t, h.Get("X-Correlation-ID")); len(ls) == 1 {
+				line = ls[0]
+			}
+			return line != nil
+		})
+		if line["cache"] != tc.want {
+			t.Errorf("%s: access line cache %v, want %s", tc.name, line["cache"], tc.want)
+		}
+		if s := e.cache.Snapshot(); s.Hits != tc.hits || s.Misses != tc.misses {
+			t.Errorf("%s: %d hits, %d misses, want %d, %d", tc.name, s.Hits, s.Misses, tc.hits, tc.misses)
+		}
+	}
+}

@@ -353,18 +353,18 @@ func (g *Gateway) serveChat(ctx *fasthttp.RequestCtx, x *exchange) bool {
 		panic(err) // strings, a bool and validated raw JSON: cannot fail
 	}
 
+	// X-Vega-Backend is checked before the cache can answer.
+	pinned, e, ok := g.pinnedBackend(ctx, x)
+	if !ok {
+		g.reject(ctx, x, e)
+		return false
+	}
 	if g.cache != nil && g.lookupCompletion(ctx, x, upBody) {
 		return false
 	}
-	t := target{Request: fleet.Request{Model: up.Model, NeedModel: true, Inference: true}}
+	t := target{Request: fleet.Request{Model: up.Model, NeedModel: true, Inference: true}, pinned: pinned}
 	if !g.fleet.Single() {
 		t.Conversation = fleet.ConversationKey(fleet.VegaChat, up.Model, body)
-	}
-	if b, e, ok := g.pinnedBackend(ctx, x); !ok {
-		g.reject(ctx, x, e)
-		return false
-	} else if b != nil {
-		t.pinned = b
 	}
 	req := acquireOutbound()
 	req.Header.SetMethod(fasthttp.MethodPost)

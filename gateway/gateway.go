@@ -339,9 +339,7 @@ func (g *Gateway) serve(ctx *fasthttp.RequestCtx) {
 			ctx.SetConnectionClose()
 			return
 		}
-	} else if e, ok := g.readBody(ctx, x, max(g.cfg.MaxBodyBytes, g.chat.MaxBodyBytes)); !ok {
-		// The /chat handler applies its own, smaller limit, with its own
-		// message, on a connection that stays usable.
+	} else if e, ok := g.readBody(ctx, x, g.readLimit(x)); !ok {
 		g.reject(ctx, x, e)
 		ctx.SetConnectionClose()
 		return
@@ -442,10 +440,9 @@ func (g *Gateway) serveError(ctx *fasthttp.RequestCtx, err error) {
 	x.finish()
 }
 
-// bodyLimit is the request body cap of the route a request line names.
-// The server reads bodies up to the largest cap and the /chat handler
-// applies its smaller one, so a client gets a clean 413 on a connection
-// that stays usable rather than a reset while it is still sending.
+// bodyLimit is the request body cap of the route a request line names,
+// judged from the Content-Length before the body is read (readLimit
+// bounds the read itself).
 func (g *Gateway) bodyLimit(h *fasthttp.RequestHeader) int {
 	path := h.RequestURI()
 	if i := bytes.IndexByte(path, '?'); i >= 0 {
@@ -459,6 +456,18 @@ func (g *Gateway) bodyLimit(h *fasthttp.RequestHeader) int {
 			return math.MaxInt
 		}
 		return int(g.cfg.MaxBlobBytes)
+	}
+	return g.cfg.MaxBodyBytes
+}
+
+// readLimit is the most of a request body the server reads: the route's
+// own cap (gateway.max_body_bytes for everything proxied), but for /chat
+// the larger of both caps, so that a /chat body between them is read
+// whole and refused by the /chat handler with its own message, on a
+// connection that stays usable.
+func (g *Gateway) readLimit(x *exchange) int {
+	if x.route.family == familyChat {
+		return max(g.cfg.MaxBodyBytes, g.chat.MaxBodyBytes)
 	}
 	return g.cfg.MaxBodyBytes
 }

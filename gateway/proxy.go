@@ -64,6 +64,12 @@ func (g *Gateway) proxy(ctx *fasthttp.RequestCtx, x *exchange, keyInAuthorizatio
 		return false
 	}
 	if g.cache != nil && ctx.IsPost() {
+		// X-Vega-Backend is refused (403, 400) before the cache answers:
+		// a hit must not let a key without models:manage past the check.
+		if _, e, ok := g.pinnedBackend(ctx, x); !ok {
+			g.reject(ctx, x, e)
+			return false
+		}
 		if _, ok := completionRoutes[x.route.name]; ok && g.lookupCompletion(ctx, x, ctx.Request.Body()) {
 			return false
 		}

@@ -505,6 +505,32 @@ func TestBodyCaps(t *testing.T) {
 	}
 }
 
+// TestBodyCapsPerRoute: with chat.max_body_bytes above
+// gateway.max_body_bytes, a proxied body is still read under the gateway's
+// cap (413, closed, never forwarded), while /chat takes a body up to its own.
+func TestBodyCapsPerRoute(t *testing.T) {
+	e := startEnv(t, envOptions{auth: rowsAuth,
+		gateway: gateway.Config{MaxBodyBytes: 16 << 10}, chat: gateway.ChatConfig{MaxBodyBytes: 64 << 10}})
+	k := "X-API-Key: " + rowsKey + "\r\n"
+	post := func(path, body string) string {
+		return "POST " + path + " HTTP/1.1\r\nHost: x\r\n" + k + "Content-Type: application/json\r\nContent-Length: " + itoa(len(body)) + "\r\n\r\n" + body
+	}
+	big := strings.Repeat("a", 32<<10)
+	small := strings.Repeat("a", 8<<10)
+	for _, tc := range []framingCase{
+		{name: "/api/chat over the gateway cap", raw: post("/api/chat", `{"model":"llama3.2","stream":false,"messages":[{"role":"user","content":"`+big+`"}]}`),
+			want: []int{413}, code: "body_too_large"},
+		{name: "/api/generate over the gateway cap", raw: post("/api/generate", `{"model":"llama3.2","stream":false,"prompt":"`+big+`"}`),
+			want: []int{413}, code: "body_too_large"},
+		{name: "/api/generate under the gateway cap", raw: post("/api/generate", `{"model":"llama3.2","stream":false,"prompt":"`+small+`"}`),
+			want: []int{200}, open: true, forwarded: 1},
+		{name: "/chat under its own cap", raw: post("/chat", `{"model":"llama3.2","prompt":"`+big+`"}`),
+			want: []int{200}, open: true, forwarded: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) { tc.run(t, e) })
+	}
+}
+
 // TestRequestCredentials: credential spellings end to end (B-32, B-33,
 // B-34, B-37). A refused credential never reaches the upstream; an accepted
 // Authorization is never forwarded.

@@ -217,6 +217,11 @@ func rawResponse(name string) (string, bool) {
 		// in lower case as many non-Go servers do.
 		return "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nkeep-alive: timeout=5\r\n" +
 			"proxy-authenticate: Basic\r\nconnection: x-private\r\nx-private: secret\r\nx-kept: yes\r\n\r\n{}", true
+	case "embed_duplicate_index":
+		// A /v1/embeddings list whose two vectors both claim index 0.
+		body := `{"object":"list","data":[{"object":"embedding","embedding":[0.1,0.2],"index":0},` +
+			`{"object":"embedding","embedding":[0.3,0.4],"index":0}],"model":"nomic-embed-text","usage":{"prompt_tokens":2,"total_tokens":2}}`
+		return "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body, true
 	case "huge_header":
 		return "HTTP/1.1 200 OK\r\nX-Huge: " + strings.Repeat("a", 64<<10) + "\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}", true
 	}
@@ -225,7 +230,7 @@ func rawResponse(name string) (string, bool) {
 
 // RawResponseNames lists the names raw=<name> accepts.
 func RawResponseNames() []string {
-	return []string{"bad_chunk", "cl_and_te", "garbage_status", "huge_content_length", "huge_header", "lowercase_hop", "not_json", "short_body", "switching_protocols"}
+	return []string{"bad_chunk", "cl_and_te", "embed_duplicate_index", "garbage_status", "huge_content_length", "huge_header", "lowercase_hop", "not_json", "short_body", "switching_protocols"}
 }
 
 // raw writes canned bytes on the hijacked connection and closes it.
