@@ -308,6 +308,8 @@ func noteReplyTelemetry(x *exchange, body []byte) {
 		readFinalChunk(x, body)
 	case "/v1/chat/completions", "/v1/completions":
 		readOpenAIUsage(x, body)
+	case "/v1/messages", "/v1/responses", "/api/embed", "/v1/embeddings":
+		readTokenCounts(x, body)
 	}
 }
 
