@@ -81,7 +81,11 @@ func (g *Gateway) proxy(ctx *fasthttp.RequestCtx, x *exchange, keyInAuthorizatio
 	}
 	req := acquireOutbound()
 	g.outboundRequest(ctx, x, req, keyInAuthorization)
-	req.SetBodyRaw(ctx.Request.Body())
+	if x.route.name == "/v1/chat/completions" && x.grant.TokenBudget() {
+		req.SetBodyRaw(askUsage(x, ctx.Request.Body()))
+	} else {
+		req.SetBodyRaw(ctx.Request.Body())
+	}
 	resp := fasthttp.AcquireResponse()
 	if g.log.GetLevel() <= zerolog.DebugLevel {
 		g.log.Debug().Str("correlation_id", x.id).Str("route", x.route.name).Msg("upstream call started")

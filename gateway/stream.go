@@ -191,6 +191,12 @@ func (s *stream) nextFrame() {
 	}
 	x.frames++
 	s.inspect(frame)
+	if x.dropUsage && usageOnly(frame) {
+		// Asked for by the gateway (askUsage), not by the client: read
+		// by inspect, not relayed; the caller loads the next frame.
+		s.out, s.off = nil, 0
+		return
+	}
 	if s.translate != nil {
 		out, final, terr := s.translate(s, frame)
 		if terr != nil {

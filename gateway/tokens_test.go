@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,8 +13,13 @@ import (
 	"time"
 
 	ollama "github.com/ollama/ollama/api"
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
 
 	"github.com/vega-gateway/vega-gateway/access"
+	"github.com/vega-gateway/vega-gateway/cache"
+	"github.com/vega-gateway/vega-gateway/gateway"
+	"github.com/vega-gateway/vega-gateway/limits"
 )
 
 // tokenReply is what the test upstream answers on one path: a body, SSE or
@@ -153,4 +159,140 @@ func tokensToday(t *testing.T, e *env, name string) int64 {
 		return got > 0
 	})
 	return got
+}
+
+// keyUsage is the key's use, read once the gateway has finished every
+// request (tokens are charged as an exchange finishes, after its last byte).
+func keyUsage(t *testing.T, e *env, name string) limits.KeyUsage {
+	t.Helper()
+	waitFor(t, 2*time.Second, "requests finished", func() bool { return e.gw.InFlight() == 0 })
+	u, err := e.gw.Limiter().Usage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range u {
+		if k.Name == name {
+			return k
+		}
+	}
+	t.Fatalf("no usage for key %s in %v", name, u)
+	return limits.KeyUsage{}
+}
+
+// TestCacheHitChargesNoTokens: a response-cache hit costs the backend
+// nothing, so it costs the key's token budget nothing either; its
+// requests_per_minute still counts it. The miss before it is charged.
+func TestCacheHitChargesNoTokens(t *testing.T) {
+	e := startCacheEnv(t, cache.Config{}, access.Config{Keys: []access.KeyConfig{
+		{Name: "a", Key: keyA, TokensPerDay: 1 << 30, RequestsPerMinute: 1000}}})
+	hdr := map[string]string{"X-API-Key": keyA}
+	for _, tc := range []struct{ name, path, body string }{
+		{"native chat stream", "/api/chat", `{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"options":{"temperature":0,"seed":42}}`},
+		{"native generate reply", "/api/generate", `{"model":"llama3.2","prompt":"hi","stream":false,"options":{"seed":7,"temperature":0.0}}`},
+		{"openai chat stream", "/v1/chat/completions", `{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true},"temperature":0,"seed":1}`},
+		{"openai completion reply", "/v1/completions", `{"model":"llama3.2","prompt":"hi","temperature":0,"seed":1}`},
+		{"vega chat reply", "/chat", `{"model":"llama3.2","prompt":"hello","options":{"temperature":0,"seed":3}}`},
+		{"native embed", "/api/embed", `{"model":"nomic-embed-text","input":["alpha","beta"]}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := keyUsage(t, e.env, "a")
+			if st, h, body := e.do("POST", tc.path, tc.body, hdr); st != 200 || h.Get(gateway.HeaderCache) != "miss" {
+				t.Fatalf("first: %d %q %s", st, h.Get(gateway.HeaderCache), body)
+			}
+			miss := keyUsage(t, e.env, "a")
+			if miss.TokensToday <= before.TokensToday {
+				t.Fatalf("the miss charged %d tokens, want its reply's count", miss.TokensToday-before.TokensToday)
+			}
+			if st, h, body := e.do("POST", tc.path, tc.body, hdr); st != 200 || h.Get(gateway.HeaderCache) != "hit" {
+				t.Fatalf("second: %d %q %s", st, h.Get(gateway.HeaderCache), body)
+			}
+			hit := keyUsage(t, e.env, "a")
+			if hit.TokensToday != miss.TokensToday {
+				t.Fatalf("the hit charged %d tokens, want 0", hit.TokensToday-miss.TokensToday)
+			}
+			if hit.RequestsThisMinute != miss.RequestsThisMinute+1 && hit.RequestsThisMinute != 1 { // 1: a new minute began
+				t.Fatalf("requests this minute %d after %d: the hit was not counted", hit.RequestsThisMinute, miss.RequestsThisMinute)
+			}
+		})
+	}
+}
+
+// TestOpenAIStreamCharged: an OpenAI chat stream whose client did not ask
+// for usage is still charged its real counts — the gateway asks Ollama for
+// them (stream_options.include_usage) and keeps the usage chunk from the
+// client, which gets the stream it asked for (the openai-go client reads
+// no usage). A /v1/completions stream without usage is charged one token
+// per event. A key without a budget gets its body forwarded unchanged.
+func TestOpenAIStreamCharged(t *testing.T) {
+	const budgeted, open = "budget-key-0123456789abcdef0123456789", "open-key-0123456789abcdef01234567890"
+	e := startEnv(t, envOptions{fake: fakeTokens(10), auth: access.Config{Keys: []access.KeyConfig{
+		{Name: "budgeted", Key: budgeted, TokensPerDay: 1 << 30},
+		{Name: "open", Key: open, RequestsPerMinute: 1000},
+	}}})
+	ctx := context.Background()
+	stream := func(key string) (text string, usage openai.CompletionUsage) {
+		c := openai.NewClient(option.WithBaseURL(e.url+"/v1"), option.WithAPIKey(key), option.WithMaxRetries(0))
+		s := c.Chat.Completions.NewStreaming(ctx, openai.ChatCompletionNewParams{
+			Model: "llama3.2", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")}})
+		var b strings.Builder
+		for s.Next() {
+			ch := s.Current()
+			if len(ch.Choices) == 0 {
+				t.Fatalf("a chunk without choices reached the client: %s", ch.RawJSON())
+			}
+			b.WriteString(ch.Choices[0].Delta.Content)
+			if ch.Usage.TotalTokens != 0 {
+				usage = ch.Usage
+			}
+		}
+		if err := s.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return b.String(), usage
+	}
+
+	text, usage := stream(budgeted)
+	if text == "" || usage.TotalTokens != 0 {
+		t.Fatalf("budgeted key's stream: text %q, usage %+v: want the text and no usage", text, usage)
+	}
+	reqs := e.fake.Requests()
+	if up := string(reqs[len(reqs)-1].Body); !strings.Contains(up, `"stream_options":{"include_usage":true}`) {
+		t.Fatalf("upstream body %s: want include_usage asked for", up)
+	}
+	// The same request, its client asking for usage: what Ollama counts.
+	st, _, body := e.do("POST", "/v1/chat/completions", `{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}`,
+		map[string]string{"X-API-Key": open})
+	i := strings.LastIndex(string(body), `"usage":{`)
+	if st != 200 || i < 0 {
+		t.Fatalf("%d %s", st, body)
+	}
+	var u struct {
+		TotalTokens int64 `json:"total_tokens"`
+	}
+	if err := json.NewDecoder(strings.NewReader(string(body[i+len(`"usage":`):]))).Decode(&u); err != nil || u.TotalTokens == 0 {
+		t.Fatalf("usage %v %v", u, err)
+	}
+	if got := keyUsage(t, e, "budgeted").TokensToday; got != u.TotalTokens {
+		t.Fatalf("charged %d tokens, want Ollama's count %d", got, u.TotalTokens)
+	}
+
+	// The key without a budget: forwarded as sent.
+	if text, _ := stream(open); text == "" {
+		t.Fatal("open key's stream is empty")
+	}
+	reqs = e.fake.Requests()
+	if up := string(reqs[len(reqs)-1].Body); strings.Contains(up, "stream_options") {
+		t.Fatalf("upstream body %s: a key without a budget must be forwarded as sent", up)
+	}
+
+	// /v1/completions: no usage asked for, one token per event.
+	before := keyUsage(t, e, "budgeted").TokensToday
+	st, _, body = e.do("POST", "/v1/completions", `{"model":"llama3.2","prompt":"hi","stream":true}`, map[string]string{"X-API-Key": budgeted})
+	events := int64(strings.Count(string(body), "data: "))
+	if st != 200 || events < 3 || strings.Contains(string(body), `"usage"`) {
+		t.Fatalf("%d %s", st, body)
+	}
+	if got := keyUsage(t, e, "budgeted").TokensToday - before; got != events {
+		t.Fatalf("completions stream charged %d tokens, want one per event (%d)", got, events)
+	}
 }

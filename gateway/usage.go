@@ -96,3 +96,43 @@ func keepTail(t, p []byte) []byte {
 	}
 	return append(t, p...)
 }
+
+// askUsage returns the body of a streamed /v1/chat/completions request
+// whose key has a token budget, with stream_options.include_usage added
+// when the client gave no stream_options: without it Ollama reports no
+// counts. The usage chunk it then sends is not relayed (x.dropUsage), so
+// the client gets the stream it asked for. A client that set
+// stream_options without include_usage keeps its body; its stream is
+// charged by estimate (exchange.chargedTokens).
+func askUsage(x *exchange, body []byte) []byte {
+	var b struct {
+		Stream        bool            `json:"stream"`
+		StreamOptions json.RawMessage `json:"stream_options"`
+	}
+	if json.Unmarshal(body, &b) != nil || !b.Stream || b.StreamOptions != nil {
+		return body
+	}
+	trimmed := bytes.TrimLeft(body, " \t\r\n")
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return body
+	}
+	rest := bytes.TrimLeft(trimmed[1:], " \t\r\n")
+	out := make([]byte, 0, len(body)+len(includeUsage)+1)
+	out = append(out, includeUsage...)
+	if len(rest) > 0 && rest[0] != '}' {
+		out = append(out, ',')
+	}
+	x.dropUsage = true
+	return append(out, rest...)
+}
+
+var (
+	includeUsage = []byte(`{"stream_options":{"include_usage":true}`)
+	emptyChoices = []byte(`"choices":[]`)
+)
+
+// usageOnly reports whether an SSE frame is the usage chunk Ollama sends
+// last when asked for usage: no choices, only the counts.
+func usageOnly(frame []byte) bool {
+	return bytes.Contains(frame, emptyChoices) && bytes.Contains(frame, usageKey)
+}
