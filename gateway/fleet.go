@@ -107,6 +107,9 @@ func (g *Gateway) send(x *exchange, t target, req *fasthttp.Request, resp *fasth
 			}
 			return nil, err
 		}
+		if g.faultHook != nil {
+			g.faultHook("send")
+		}
 		x.startAttempt(b, reason, req)
 		rel, waited, err := b.Pool.AcquireWhile(g.closing, x.goneFn)
 		x.queueWait += waited
