@@ -7,12 +7,14 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	ollama "github.com/ollama/ollama/api"
 
 	"github.com/vega-gateway/vega-gateway/access"
+	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/limits"
 	"github.com/vega-gateway/vega-gateway/ollamatest"
 )
@@ -133,4 +135,29 @@ func TestOllamaKeyTokenBudget(t *testing.T) {
 		used += final.PromptEvalCount + final.EvalCount
 	}
 	t.Fatalf("never refused after %d tokens", used)
+}
+
+// TestBackendLeaseSurvivesPanic: a panic after a request took its
+// backend's limits.backend_max_in_flight slot gives the slot back (the
+// in-process store would otherwise keep it for good): with a bound of 1,
+// the next request is served.
+func TestBackendLeaseSurvivesPanic(t *testing.T) {
+	e := startRoutingEnv(t, routingOptions{
+		models: [][]string{{"llama3.2"}},
+		limits: &limits.Config{BackendMaxInFlight: 1},
+		noRun:  true,
+	})
+	var armed atomic.Bool
+	armed.Store(true)
+	gateway.SetFaultHook(e.gw, func(where string) {
+		if where == "send" && armed.CompareAndSwap(true, false) {
+			panic("injected fault in send")
+		}
+	})
+	if st, _, body := e.do("POST", "/api/chat", chatBody("llama3.2", "hi", false), nil); st != 500 || errorCode(t, body) != "internal_error" {
+		t.Fatalf("panic in send: %d %s", st, body)
+	}
+	if st, _, body := e.do("POST", "/api/chat", chatBody("llama3.2", "again", false), nil); st != 200 {
+		t.Fatalf("after the panic: %d %s: the backend slot was not given back", st, body)
+	}
 }

@@ -86,6 +86,9 @@ type exchange struct {
 	promptTokens, completionTokens int64
 	doneReason                     string
 	loadDuration, evalDuration     time.Duration
+	// dropUsage: the gateway asked Ollama for a stream's usage chunk the
+	// client did not ask for (askUsage); it is read, not relayed.
+	dropUsage bool
 	// cacheState is what the response cache did (hit, miss, bypass; ""
 	// off or not a cached route); on a miss of a completion, cacheStore
 	// says the answer is to be stored under cacheKey once complete.
@@ -292,7 +295,7 @@ func (x *exchange) finish() {
 	g.observe(x, dur)
 	// Slots go back and tokens are charged however the request ended: a
 	// stream cut by its client included (its close calls finish).
-	g.limits.Done(&x.grant, x.promptTokens+x.completionTokens)
+	g.limits.Done(&x.grant, x.chargedTokens())
 	g.limits.ReleaseBackend(&x.backendLease)
 	if x.inFlight {
 		g.inFlight.Add(-1)
@@ -364,4 +367,21 @@ func appendMillis(dst []byte, d time.Duration) []byte {
 		}
 	}
 	return dst
+}
+
+// chargedTokens is what the request costs its key's token budget: the
+// reply's prompt + completion tokens; nothing for a response-cache hit,
+// which cost the backend nothing; and for an OpenAI stream that reported
+// no usage (a /v1/completions stream, or a chat stream whose client set
+// stream_options without include_usage: askUsage covers the others), one
+// token per event relayed, an estimate that keeps the budget bounded.
+func (x *exchange) chargedTokens() int64 {
+	if x.cacheState == cacheHit {
+		return 0
+	}
+	n := x.promptTokens + x.completionTokens
+	if n == 0 && x.streamed && (x.route.name == "/v1/chat/completions" || x.route.name == "/v1/completions") {
+		n = int64(x.frames)
+	}
+	return n
 }

@@ -1,5 +1,5 @@
 package gateway
 
 // SetFaultHook installs a hook called at named points of the request path
-// ("handler", "stream"); tests use it to inject panics.
+// ("handler", "send", "stream"); tests use it to inject panics.
 func SetFaultHook(g *Gateway, fn func(where string)) { g.faultHook = fn }

@@ -92,7 +92,10 @@ func (g *Gateway) send(x *exchange, t target, req *fasthttp.Request, resp *fasth
 		more := x.attempts < maxAttempts
 		// A backend at its fleet-wide bound (limits.backend_max_in_flight)
 		// is passed over like a busy one.
-		lease, d := g.limits.AcquireBackend(b.Name)
+		// Held on the exchange from the start, so finish gives it back
+		// even if something between here and the reply panics.
+		var d limits.Decision
+		x.backendLease, d = g.limits.AcquireBackend(b.Name)
 		if !d.OK() {
 			err := errLimitsUnavailable
 			if d.Reason == limits.BackendBusy {
@@ -104,13 +107,16 @@ func (g *Gateway) send(x *exchange, t target, req *fasthttp.Request, resp *fasth
 			}
 			return nil, err
 		}
+		if g.faultHook != nil {
+			g.faultHook("send")
+		}
 		x.startAttempt(b, reason, req)
 		rel, waited, err := b.Pool.AcquireWhile(g.closing, x.goneFn)
 		x.queueWait += waited
 		x.traceWait(b, waited, err)
 		if err != nil {
 			x.endAttempt(upstreamError(err).outcome, 0)
-			g.limits.ReleaseBackend(&lease)
+			g.limits.ReleaseBackend(&x.backendLease)
 			if more && retryableAdmission(err) {
 				last = err
 				continue
@@ -132,7 +138,7 @@ func (g *Gateway) send(x *exchange, t target, req *fasthttp.Request, resp *fasth
 		if err != nil {
 			x.endAttempt(upstreamError(err).outcome, 0)
 			rel()
-			g.limits.ReleaseBackend(&lease)
+			g.limits.ReleaseBackend(&x.backendLease)
 			if errors.Is(err, pool.ErrClientGone) {
 				ticket.End(fleet.Neutral, 0)
 				return nil, err
@@ -152,7 +158,7 @@ func (g *Gateway) send(x *exchange, t target, req *fasthttp.Request, resp *fasth
 				_ = resp.CloseBodyStream()
 				resp.Reset()
 				rel()
-				g.limits.ReleaseBackend(&lease)
+				g.limits.ReleaseBackend(&x.backendLease)
 				ticket.End(res, 0)
 				x.endAttempt(refusalOutcome(res), st)
 				switch res {
@@ -166,7 +172,7 @@ func (g *Gateway) send(x *exchange, t target, req *fasthttp.Request, resp *fasth
 				continue
 			}
 		}
-		x.ticket, x.backendLease = ticket, lease
+		x.ticket = ticket
 		return rel, nil
 	}
 }

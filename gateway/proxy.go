@@ -87,7 +87,11 @@ func (g *Gateway) proxy(ctx *fasthttp.RequestCtx, x *exchange, keyInAuthorizatio
 	}
 	req := acquireOutbound()
 	g.outboundRequest(ctx, x, req, keyInAuthorization)
-	req.SetBodyRaw(ctx.Request.Body())
+	if x.route.name == "/v1/chat/completions" && x.grant.TokenBudget() {
+		req.SetBodyRaw(askUsage(x, ctx.Request.Body()))
+	} else {
+		req.SetBodyRaw(ctx.Request.Body())
+	}
 	resp := fasthttp.AcquireResponse()
 	if g.log.GetLevel() <= zerolog.DebugLevel {
 		g.log.Debug().Str("correlation_id", x.id).Str("route", x.route.name).Msg("upstream call started")
@@ -314,6 +318,8 @@ func noteReplyTelemetry(x *exchange, body []byte) {
 		readFinalChunk(x, body)
 	case "/v1/chat/completions", "/v1/completions":
 		readOpenAIUsage(x, body)
+	case "/v1/messages", "/v1/responses", "/api/embed", "/v1/embeddings":
+		readTokenCounts(x, body)
 	}
 }
 

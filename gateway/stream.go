@@ -191,6 +191,12 @@ func (s *stream) nextFrame() {
 	}
 	x.frames++
 	s.inspect(frame)
+	if x.dropUsage && usageOnly(frame) {
+		// Asked for by the gateway (askUsage), not by the client: read
+		// by inspect, not relayed; the caller loads the next frame.
+		s.out, s.off = nil, 0
+		return
+	}
 	if s.translate != nil {
 		out, final, terr := s.translate(s, frame)
 		if terr != nil {
@@ -237,7 +243,13 @@ func (s *stream) inspect(frame []byte) {
 	if s.sse {
 		if bytes.Contains(frame, usageKey) || bytes.Contains(frame, finishReasonKey) {
 			if i := bytes.Index(frame, dataPrefix); i >= 0 {
-				readOpenAIUsage(s.x, bytes.TrimSpace(frame[i+len(dataPrefix):]))
+				data := bytes.TrimSpace(frame[i+len(dataPrefix):])
+				readOpenAIUsage(s.x, data)
+				if r := s.x.route.name; r == "/v1/messages" || r == "/v1/responses" {
+					// Anthropic's message_start and message_delta, the
+					// Responses API's response.completed: usage nested.
+					readTokenCounts(s.x, data)
+				}
 			}
 		}
 		return
@@ -315,6 +327,9 @@ type rawStream struct {
 	// response was committed, and headErr what that read ended with.
 	head    []byte
 	headErr error
+	// tail keeps the body's last bytes, to read the token counts from at
+	// its end (nil: a reply that carries none).
+	tail []byte
 }
 
 // prefetch reads the body's first bytes (up to rawHeadBytes). It returns
@@ -341,13 +356,30 @@ func (r *rawStream) prefetch() error {
 const rawHeadBytes = 4 << 10
 
 func (g *Gateway) newRawStream(x *exchange, resp *fasthttp.Response, release func()) *rawStream {
-	return &rawStream{g: g, x: x, resp: resp, release: release, src: resp.BodyStream(), left: int64(x.upstream().MaxResponseBytes())}
+	r := &rawStream{g: g, x: x, resp: resp, release: release, src: resp.BodyStream(), left: int64(x.upstream().MaxResponseBytes())}
+	if x.status == fasthttp.StatusOK && countsTokens(x.route) {
+		// A non-streamed reply without a Content-Length (Ollama sends any
+		// answer over ~2 KiB chunked): its counts come last.
+		r.tail = make([]byte, 0, tokenTailBytes)
+	}
+	return r
+}
+
+// noteEnd reads the token counts from the tail of a body read to its end.
+func (r *rawStream) noteEnd() {
+	r.ended = true
+	if r.tail != nil {
+		readTokenCounts(r.x, r.tail)
+	}
 }
 
 func (r *rawStream) Read(p []byte) (int, error) {
 	if len(r.head) > 0 || r.headErr != nil {
 		n := copy(p, r.head)
 		r.head = r.head[n:]
+		if r.tail != nil {
+			r.tail = keepTail(r.tail, p[:n])
+		}
 		r.x.bytesOut += int64(n)
 		r.left -= int64(n)
 		if len(r.head) > 0 || r.headErr == nil {
@@ -358,7 +390,7 @@ func (r *rawStream) Read(p []byte) (int, error) {
 		if err != io.EOF {
 			return n, r.noteErr(err)
 		}
-		r.ended = true
+		r.noteEnd()
 		return n, io.EOF
 	}
 	if r.left <= 0 {
@@ -372,8 +404,11 @@ func (r *rawStream) Read(p []byte) (int, error) {
 	n, err := r.src.Read(p)
 	r.left -= int64(n)
 	r.x.bytesOut += int64(n)
+	if r.tail != nil {
+		r.tail = keepTail(r.tail, p[:n])
+	}
 	if err == io.EOF {
-		r.ended = true
+		r.noteEnd()
 	} else if err != nil {
 		err = r.noteErr(err)
 	}

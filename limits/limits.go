@@ -202,6 +202,11 @@ type Grant struct {
 	leased bool   // holds a concurrency slot
 }
 
+// TokenBudget reports whether the request's key has a token budget, so
+// the gateway knows to get the reply's counts even where the client did
+// not ask for them.
+func (g *Grant) TokenBudget() bool { return g.key != nil && g.key.tokens() }
+
 // Admit checks a request from ip, made with the key named name ("" for an
 // open gateway), against the IP's failure budget and the key's limits, in
 // one Redis round trip at most. An admitted request holds its Grant until
