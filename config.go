@@ -18,8 +18,8 @@ import (
 
 	"github.com/vega-gateway/vega-gateway/access"
 	"github.com/vega-gateway/vega-gateway/admin"
-	"github.com/vega-gateway/vega-gateway/discover"
 	"github.com/vega-gateway/vega-gateway/cache"
+	"github.com/vega-gateway/vega-gateway/discover"
 	"github.com/vega-gateway/vega-gateway/fleet"
 	"github.com/vega-gateway/vega-gateway/gateway"
 	"github.com/vega-gateway/vega-gateway/limits"

@@ -25,14 +25,14 @@ func TestOtelConfig(t *testing.T) {
 		c.Otel.Headers["authorization"] != "Bearer "+secret || c.Otel.Headers["x-tenant"] != "a" {
 		t.Fatalf("otel config from file: %+v", c.Otel)
 	}
-		// 0 is a ratio, not "unset": only the traces clients sampled are kept.
+	// 0 is a ratio, not "unset": only the traces clients sampled are kept.
 	if c, err := loadConfig("", nil, []string{"VEGA_OTEL_SAMPLE_RATIO=0"}); err != nil || c.Otel.SampleRatio == nil || *c.Otel.SampleRatio != 0 {
 		t.Fatalf("otel.sample_ratio 0 from env: %v %+v", err, c.Otel)
 	}
 	if c, err := loadConfig("", nil, nil); err != nil || c.Otel.SampleRatio == nil || *c.Otel.SampleRatio != 1 {
 		t.Fatalf("otel.sample_ratio default: %v %+v", err, c.Otel)
 	}
-c, err = loadConfig("", nil, []string{"VEGA_OTEL_ENDPOINT=https://otlp.example:4318/", "VEGA_OTEL_HEADERS=api-key=a%3Db,x-tenant=t",
+	c, err = loadConfig("", nil, []string{"VEGA_OTEL_ENDPOINT=https://otlp.example:4318/", "VEGA_OTEL_HEADERS=api-key=a%3Db,x-tenant=t",
 		"VEGA_OTEL_SERVICE_NAME=edge-gw", "OTEL_EXPORTER_OTLP_ENDPOINT=http://ignored-by-viper:4318"})
 	if err != nil {
 		t.Fatal(err)
