@@ -121,11 +121,6 @@ func (g *Gateway) send(x *exchange, t target, req *fasthttp.Request, resp *fasth
 				last = err
 				continue
 			}
-			if errors.Is(err, pool.ErrClosed) && !g.draining.Load() {
-				// The backend left the fleet (discovery) between the
-				// choice and the send: no backend, not a shutdown.
-				err = fmt.Errorf("%w: %s left the fleet: %w", fleet.ErrNoBackend, b.Name, err)
-			}
 			return nil, err
 		}
 		var ticket fleet.Ticket

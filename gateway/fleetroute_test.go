@@ -415,17 +415,3 @@ func mustParseURL(t *testing.T, raw string) *url.URL {
 	}
 	return u
 }
-
-// TestClosedPoolIsNoBackend: a backend whose pool closed between the
-// choice and the send (discovery removed it) is 503 no_backend, not the
-// shutdown's 503 — the gateway is not shutting down.
-func TestClosedPoolIsNoBackend(t *testing.T) {
-	e := startRoutingEnv(t, routingOptions{models: [][]string{{"llama3.2"}, {"llama3.2"}},
-		auth: access.Config{AllowModelManagement: true}})
-	b := e.fleet.Backends()[1]
-	b.Pool.Close() // as a drain closes it, while it is still the pinned name's
-	st, _, body := e.do("POST", "/api/chat", chatBody("llama3.2", "hi", false), map[string]string{gateway.HeaderBackend: b.Name})
-	if st != 503 || !strings.Contains(string(body), "no_backend") || strings.Contains(string(body), "shutting_down") {
-		t.Fatalf("pinned to a closed pool: %d %s, want 503 no_backend", st, body)
-	}
-}
