@@ -58,7 +58,7 @@ func startCacheEnv(t testing.TB, cc cache.Config, auth access.Config) *cacheEnv 
 	if err != nil {
 		t.Fatal(err)
 	}
-	gw, err := gateway.New(gateway.Config{}, gateway.ChatConfig{}, auth, f, zerolog.New(e.logs))
+	gw, err := gateway.New(countInFlight, gateway.ChatConfig{}, auth, f, zerolog.New(e.logs))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -119,7 +119,7 @@ func TestTokenBudgetCharged(t *testing.T) {
 	for i, tc := range tests {
 		keys = append(keys, access.KeyConfig{Name: fmt.Sprintf("k%d", i), Key: fmt.Sprintf("token-key-%02d-0123456789abcdef0123456789", i), TokensPerDay: tc.want})
 	}
-	e := startEnv(t, envOptions{noFake: true, upURL: up.URL, auth: access.Config{Keys: keys}})
+	e := startEnv(t, envOptions{noFake: true, upURL: up.URL, auth: access.Config{Keys: keys}, gateway: countInFlight})
 	for i, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			current = tc.reply
@@ -163,6 +163,12 @@ func tokensToday(t *testing.T, e *env, name string) int64 {
 
 // keyUsage is the key's use, read once the gateway has finished every
 // request (tokens are charged as an exchange finishes, after its last byte).
+// countInFlight makes the gateway count requests until finish has charged
+// them (gateway.max_in_flight, far above what a test sends), which is what
+// keyUsage waits on: a stream's exchange finishes just after its client has
+// read the last byte.
+var countInFlight = gateway.Config{MaxInFlight: 1 << 20}
+
 func keyUsage(t *testing.T, e *env, name string) limits.KeyUsage {
 	t.Helper()
 	waitFor(t, 2*time.Second, "requests finished", func() bool { return e.gw.InFlight() == 0 })
@@ -225,7 +231,7 @@ func TestCacheHitChargesNoTokens(t *testing.T) {
 // per event. A key without a budget gets its body forwarded unchanged.
 func TestOpenAIStreamCharged(t *testing.T) {
 	const budgeted, open = "budget-key-0123456789abcdef0123456789", "open-key-0123456789abcdef01234567890"
-	e := startEnv(t, envOptions{fake: fakeTokens(10), auth: access.Config{Keys: []access.KeyConfig{
+	e := startEnv(t, envOptions{fake: fakeTokens(10), gateway: countInFlight, auth: access.Config{Keys: []access.KeyConfig{
 		{Name: "budgeted", Key: budgeted, TokensPerDay: 1 << 30},
 		{Name: "open", Key: open, RequestsPerMinute: 1000},
 	}}})
