@@ -303,8 +303,10 @@ func TestDiscoveryStartsEmpty(t *testing.T) {
 		{"GET", "/api/tags", ""},
 		{"POST", "/api/pull", `{"model":"llama3.2"}`},
 		{"GET", "/api/version", ""},
-		// A blob upload is answered before its body is read.
-		{"POST", "/api/blobs/sha256:" + strings.Repeat("ab", 32), strings.Repeat("x", 1<<20)},
+		// A blob upload too (with a body that fits one write: a client
+		// still writing when the early answer closes the connection may
+		// see a reset instead of the 503).
+		{"POST", "/api/blobs/sha256:" + strings.Repeat("ab", 32), strings.Repeat("x", 16)},
 	} {
 		st, _, body := send(t, c.method, "http://"+r.data+c.path, c.body, nil)
 		if st != 503 || !strings.Contains(string(body), "no_backend") {
