@@ -229,11 +229,13 @@ func TestLimitsAcrossReplicas(t *testing.T) {
 		}
 		rd.Restart()
 		back := time.Now()
-		minute := strconv.FormatInt(time.Now().Unix()/60, 10)
 		for i := 0; ; i++ {
 			if _, err := chat(client(i, keyRPM)); err != nil {
 				t.Fatalf("request %d after Redis returned: %v", i, err)
 			}
+			// The window of this minute (read each time: the wait may
+			// cross a minute's edge).
+			minute := strconv.FormatInt(time.Now().Unix()/60, 10)
 			n, _ := rdb.Get(context.Background(), "vega:key:rpm:rpm:"+minute).Int()
 			if n > 0 {
 				break
